@@ -1,0 +1,141 @@
+"""Image and mask preprocessing for CLIP-based anomaly detection, without torchvision (METHODS.md §1).
+
+Images are resized to a square with bicubic interpolation (the aspect ratio is *not* kept, as in the
+reference code) and normalised with the OpenAI CLIP mean/std. Masks follow the same resize (bilinear,
+as the reference code's default) and are binarised at 0.5.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Union
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+# PIL modes holding more than 8 bits per pixel; their full range is mapped onto 0..255.
+_WIDE_INTEGER_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535}
+
+
+class ImageLoadError(ValueError):
+    """An image or mask file could not be read; the message names the file."""
+
+
+def load_image(source: ImageInput) -> Image.Image:
+    """Open `source` (path, PIL image or HxW[xC] uint8 array) fully into memory.
+
+    Raises `ImageLoadError` naming the file when it is missing, truncated or not an image.
+    """
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, np.ndarray):
+        return Image.fromarray(source)
+    path = os.fspath(source)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy() if image.mode != "P" else image.convert("RGBA")
+    except FileNotFoundError as error:
+        raise ImageLoadError(f"image file not found: {path}") from error
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ImageLoadError(f"cannot read image {path}: {error}") from error
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F, ...) to 8-bit RGB.
+
+    16/32-bit integer images are rescaled from their 16-bit range rather than clipped, and float
+    images are taken to be in [0, 1]. Alpha channels are dropped (no compositing), like PIL's own
+    `convert("RGB")` used by the reference code.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in _WIDE_INTEGER_MODES:
+        array = np.asarray(image, dtype=np.float64)
+        array = np.clip(array / _WIDE_INTEGER_MODES[image.mode] * 255.0, 0, 255)
+        return Image.fromarray(np.rint(array).astype(np.uint8), mode="L").convert("RGB")
+    if image.mode == "F":
+        array = np.clip(np.asarray(image, dtype=np.float64), 0.0, 1.0) * 255.0
+        return Image.fromarray(np.rint(array).astype(np.uint8), mode="L").convert("RGB")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+class ZSADImageProcessor:
+    """Turns images (and optional masks) into model inputs.
+
+    `processor(images, masks=None)` returns a dict with `pixel_values (B, 3, S, S)` float32 and, when
+    masks are given, `masks (B, S, S)` float32 in {0, 1}. A `None` mask stands for a normal image
+    (all zeros).
+    """
+
+    def __init__(
+        self,
+        image_size: int = 518,
+        image_mean: Sequence[float] = OPENAI_CLIP_MEAN,
+        image_std: Sequence[float] = OPENAI_CLIP_STD,
+        mask_threshold: float = 0.5,
+    ) -> None:
+        if int(image_size) <= 0:
+            raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+        if len(image_mean) != 3 or len(image_std) != 3:
+            raise ValueError("image_mean and image_std need one value per RGB channel")
+        self.image_size = int(image_size)
+        self.image_mean = tuple(float(m) for m in image_mean)
+        self.image_std = tuple(float(s) for s in image_std)
+        self.mask_threshold = float(mask_threshold)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(image_size={self.image_size}, image_mean={self.image_mean}, "
+            f"image_std={self.image_std}, mask_threshold={self.mask_threshold})"
+        )
+
+    def preprocess_image(self, image: ImageInput) -> torch.Tensor:
+        """One image -> normalised `(3, S, S)` float32 tensor."""
+        rgb = to_rgb(load_image(image))
+        resized = rgb.resize((self.image_size, self.image_size), resample=Image.Resampling.BICUBIC)
+        array = np.asarray(resized, dtype=np.float32) / 255.0
+        tensor = torch.from_numpy(array).permute(2, 0, 1)
+        mean = torch.tensor(self.image_mean).view(3, 1, 1)
+        std = torch.tensor(self.image_std).view(3, 1, 1)
+        return (tensor - mean) / std
+
+    def preprocess_mask(self, mask: ImageInput | None) -> torch.Tensor:
+        """One mask (any mode; non-zero = anomalous) -> `(S, S)` float32 tensor in {0, 1}."""
+        if mask is None:
+            return torch.zeros(self.image_size, self.image_size)
+        image = load_image(mask)
+        if image.mode in _WIDE_INTEGER_MODES or image.mode == "F":
+            array = np.asarray(image, dtype=np.float32)
+            image = Image.fromarray(((array > 0) * 255).astype(np.uint8), mode="L")
+        elif image.mode != "L":
+            image = image.convert("L")
+        resized = image.resize((self.image_size, self.image_size), resample=Image.Resampling.BILINEAR)
+        array = np.asarray(resized, dtype=np.float32) / 255.0
+        return torch.from_numpy((array > self.mask_threshold).astype(np.float32))
+
+    def __call__(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        masks: ImageInput | None | Sequence[ImageInput | None] = None,
+    ) -> dict[str, torch.Tensor]:
+        single = not isinstance(images, (list, tuple))
+        image_list = [images] if single else list(images)
+        if not image_list:
+            raise ValueError("no images given to the processor")
+        batch = {"pixel_values": torch.stack([self.preprocess_image(image) for image in image_list])}
+        if masks is not None:
+            mask_list = [masks] if single else list(masks)
+            if len(mask_list) != len(image_list):
+                raise ValueError(f"got {len(image_list)} images but {len(mask_list)} masks")
+            batch["masks"] = torch.stack([self.preprocess_mask(mask) for mask in mask_list])
+        return batch
