@@ -1,3 +1,35 @@
-"""zsad: zero-shot anomaly detection with CLIP, as Hugging Face `transformers` models."""
+"""zsad: zero-shot anomaly detection with CLIP, as Hugging Face `transformers` models.
+
+Importing zsad registers every model type with `AutoConfig` / `AutoModel`, so
+`AutoModel.from_pretrained("org/anomalyclip")` returns the right class.
+"""
+
+from transformers import AutoConfig, AutoModel
+
+from .clip.processing import ZSADImageProcessor
+from .modeling_base import AnomalyDetectionOutput, ZSADConfig, ZSADPreTrainedModel
+from .models.anomalyclip import AnomalyCLIPConfig, AnomalyCLIPModel
+from .models.zsad_clip import ZeroShotCLIPConfig, ZeroShotCLIPModel
 
 __version__ = "0.1.0.dev0"
+
+MODEL_CLASSES: dict[str, type[ZSADPreTrainedModel]] = {
+    "anomalyclip": AnomalyCLIPModel,
+    "zsad_clip": ZeroShotCLIPModel,
+}
+
+for _model_class in MODEL_CLASSES.values():
+    AutoConfig.register(_model_class.config_class.model_type, _model_class.config_class, exist_ok=True)
+    AutoModel.register(_model_class.config_class, _model_class, exist_ok=True)
+
+__all__ = [
+    "AnomalyCLIPConfig",
+    "AnomalyCLIPModel",
+    "AnomalyDetectionOutput",
+    "MODEL_CLASSES",
+    "ZSADConfig",
+    "ZSADImageProcessor",
+    "ZSADPreTrainedModel",
+    "ZeroShotCLIPConfig",
+    "ZeroShotCLIPModel",
+]

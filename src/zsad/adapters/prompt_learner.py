@@ -1,0 +1,44 @@
+"""Object-agnostic text prompts with deep compound tokens (AnomalyCLIP, METHODS.md §2.2-2.3)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..modeling_base import ZSADAdapter
+
+
+class ObjectAgnosticPrompts(ZSADAdapter):
+    """Learnable context vectors for the normal and anomaly prompts plus per-layer deep text tokens.
+
+    The normal prompt is `[SOS] V_1..V_n object . [EOS]`, the anomaly prompt `[SOS] W_1..W_n damaged
+    object . [EOS]`; before each text layer in `deep_layers`, hidden positions 1..m are overwritten by
+    that layer's m deep tokens. All vectors start from N(0, 0.02).
+
+    Parameters: `2 * n * width + len(deep_layers) * m * width` (43,008 for n=12, m=4, 8 layers, width 768).
+    """
+
+    def __init__(self, num_context_tokens: int, deep_prompt_length: int, deep_layers: list[int], width: int):
+        super().__init__()
+        self.deep_layers = list(deep_layers)
+        self.context = nn.Parameter(torch.empty(2, num_context_tokens, width))  # [normal, anomaly]
+        self.deep_tokens = nn.Parameter(torch.empty(len(self.deep_layers), deep_prompt_length, width))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.context, std=0.02)
+        nn.init.normal_(self.deep_tokens, std=0.02)
+
+    @property
+    def num_context_tokens(self) -> int:
+        return self.context.shape[1]
+
+    def prompt_embeddings(self, token_embeddings: torch.Tensor) -> torch.Tensor:
+        """`(2, L, W)` embeddings of the two prompt templates with context slots 1..n replaced."""
+        n = self.num_context_tokens
+        context = self.context.to(token_embeddings.dtype)
+        return torch.cat([token_embeddings[:, :1], context, token_embeddings[:, 1 + n :]], dim=1)
+
+    def deep_prompts(self) -> dict[int, torch.Tensor]:
+        """`{text layer: (m, W) tokens}` for `encode_text(deep_prompts=...)`."""
+        return {layer: self.deep_tokens[i] for i, layer in enumerate(self.deep_layers)}

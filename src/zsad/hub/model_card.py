@@ -1,0 +1,64 @@
+"""Model cards for zsad checkpoints (ECOSYSTEM.md §6.1): YAML metadata + usage, results, limitations."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from huggingface_hub import ModelCard, ModelCardData
+
+if TYPE_CHECKING:
+    from ..modeling_base import ZSADPreTrainedModel
+
+TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
+
+
+def _is_hub_id(name: str | None) -> bool:
+    return bool(name) and not os.path.exists(name) and name.count("/") == 1 and not name.startswith((".", "/"))
+
+
+def build_model_card(
+    model: ZSADPreTrainedModel,
+    *,
+    repo_id: str | None = None,
+    training_data: str | None = None,
+    results_markdown: str | None = None,
+    datasets: list[str] | None = None,
+) -> ModelCard:
+    """A `ModelCard` describing `model` (method, backbone, adapters, usage, results, citation)."""
+    info = model.card_info
+    backbone = model.config.backbone_name_or_path
+    card_data = ModelCardData(
+        library_name="transformers",
+        base_model=backbone if _is_hub_id(backbone) else None,
+        pipeline_tag="image-segmentation",
+        license="apache-2.0",
+        tags=["anomaly-detection", "zero-shot-anomaly-detection", "clip", "zsad", info["tag"]],
+        datasets=datasets,
+        metrics=["roc_auc", "average_precision", "aupro"],
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE_PATH),
+        model_name=repo_id or f"zsad {info['name']}",
+        method_name=info["name"],
+        summary=info["summary"],
+        paper=info["paper"],
+        citation=info["citation"],
+        backbone=backbone,
+        save_backbone=model.config.save_backbone,
+        num_trainable_parameters=f"{model.num_trainable_parameters():,}",
+        image_size=model.config.image_size,
+        training_data=training_data or info.get("training_data", "not recorded"),
+        repo_id=repo_id or "<this repository>",
+        results=results_markdown or "No evaluation results recorded for this checkpoint yet.",
+    )
+
+
+def write_model_card(model: ZSADPreTrainedModel, save_directory: str | os.PathLike, *, overwrite: bool = False, **kwargs) -> Path:
+    """Write `README.md` into `save_directory` (kept as is if present and not `overwrite`)."""
+    path = Path(save_directory) / "README.md"
+    if overwrite or not path.exists():
+        build_model_card(model, **kwargs).save(path)
+    return path

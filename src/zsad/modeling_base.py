@@ -1,0 +1,427 @@
+"""Core objects shared by every method: `ZSADConfig`, `ZSADPreTrainedModel`, `AnomalyDetectionOutput`.
+
+A zsad model owns a frozen `transformers.CLIPModel` (`self.clip`, built from `config.clip_config`) plus
+small trainable adapters. By default checkpoints hold the adapters only; the backbone is reloaded by id
+(`config.backbone_name_or_path`) in `from_pretrained` (DESIGN.md, "Checkpoints and the Hub").
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+from transformers import AutoTokenizer, CLIPConfig, CLIPModel, PreTrainedConfig, PreTrainedModel
+from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput
+
+from .clip.text import TokenizedPrompts
+from .clip.vision import DENSE_ATTENTION_KINDS, VisionFeatures, encode_image
+from .hub.remote_code import write_remote_code_shim
+from .scoring import anomaly_maps_from_probabilities, patch_probabilities, upsample_probabilities
+
+DEFAULT_BACKBONE = "openai/clip-vit-large-patch14-336"
+
+# Architecture of openai/clip-vit-large-patch14-336 (METHODS.md §1), so a default config builds offline.
+VIT_L14_336_CLIP_CONFIG: dict[str, Any] = {
+    "projection_dim": 768,
+    "text_config": {
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_attention_heads": 12,
+        "num_hidden_layers": 12,
+        "max_position_embeddings": 77,
+        "vocab_size": 49408,
+        "hidden_act": "quick_gelu",
+        "projection_dim": 768,
+        "bos_token_id": 49406,
+        "eos_token_id": 49407,
+        "pad_token_id": 49407,
+    },
+    "vision_config": {
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_attention_heads": 16,
+        "num_hidden_layers": 24,
+        "image_size": 336,
+        "patch_size": 14,
+        "hidden_act": "quick_gelu",
+        "projection_dim": 768,
+    },
+}
+
+POS_EMBED_INTERPOLATIONS = ("bicubic", "bilinear")
+
+
+def relative_layer(depth: int, fraction: float) -> int:
+    """1-indexed layer at `fraction` of `depth` (rounded half up, at least 1)."""
+    return max(1, min(depth, math.floor(depth * fraction + 0.5)))
+
+
+class ZSADConfig(PreTrainedConfig):
+    r"""Configuration shared by all zsad models.
+
+    Layer settings of METHODS.md are written for the 24-layer ViT-L/14; every layer field left as `None`
+    is resolved relative to the backbone depth when the config is created (taps at
+    `default_feature_fractions` of the depth, dense path over the last 19/24 of the layers), so a
+    12-layer ViT-B/16 or a 4-layer test backbone needs no extra arguments. Explicit values always win.
+    All layer indices are 1-indexed, as in the papers.
+
+    Args:
+        backbone_name_or_path: Hub id or local folder of the CLIP backbone (reloaded by `from_pretrained`
+            when `save_backbone` is False).
+        clip_config: the backbone architecture (`CLIPConfig` or dict); defaults to ViT-L/14@336.
+        save_backbone: save the CLIP weights inside checkpoints (air-gapped use) instead of the id only.
+        image_size: input resolution (square); 518 in all reference code.
+        feature_layers: vision layers whose (dense) patch tokens produce anomaly maps.
+        dense_attention: dense self-correlation on the second stream (`vv`, `kk`, `qq`, `qq+kk`,
+            `qq+kk+vv`), or `None` for plain CLIP tokens.
+        dense_start_layer: first layer of the dense dual path.
+        temperature: softmax temperature of the patch/global-to-text cosine similarities.
+        gaussian_sigma: sigma (in pixels at `image_size`) of the Gaussian applied to anomaly maps; 0 disables.
+        pos_embed_interpolation: `bicubic` (transformers) or `bilinear` (AnomalyCLIP/Crane reference code).
+        global_post_layernorm: apply `post_layernorm` to the CLS token before the projection (CLIP does;
+            AnomalyCLIP does not).
+    """
+
+    model_type = "zsad"
+    sub_configs_defaults = {"clip_config": CLIPConfig}
+    default_feature_fractions: ClassVar[tuple[float, ...]] = (0.25, 0.5, 0.75, 1.0)
+    dense_fraction: ClassVar[float] = 19 / 24
+
+    backbone_name_or_path: str | None = DEFAULT_BACKBONE
+    clip_config: dict | CLIPConfig | None = None
+    save_backbone: bool = False
+    image_size: int = 518
+    feature_layers: list[int] | tuple[int, ...] | None = None
+    dense_attention: str | None = "vv"
+    dense_start_layer: int | None = None
+    temperature: float = 0.07
+    gaussian_sigma: float = 4.0
+    pos_embed_interpolation: str = "bicubic"
+    global_post_layernorm: bool = True
+
+    def __post_init__(self, **kwargs):
+        if self.clip_config is None:
+            self.clip_config = CLIPConfig(**VIT_L14_336_CLIP_CONFIG)
+        super().__post_init__(**kwargs)
+        depth = self.vision_depth
+        if self.feature_layers is None:
+            self.feature_layers = sorted({relative_layer(depth, f) for f in self.default_feature_fractions})
+        self.feature_layers = [int(layer) for layer in self.feature_layers]
+        if self.dense_start_layer is None and self.dense_attention is not None:
+            self.dense_start_layer = depth - relative_layer(depth, self.dense_fraction) + 1
+        self._validate_zsad_fields()
+
+    @property
+    def vision_depth(self) -> int:
+        return self.clip_config.vision_config.num_hidden_layers
+
+    @property
+    def text_depth(self) -> int:
+        return self.clip_config.text_config.num_hidden_layers
+
+    def _validate_zsad_fields(self) -> None:
+        depth = self.vision_depth
+        bad = [layer for layer in self.feature_layers if not 1 <= layer <= depth]
+        if not self.feature_layers or bad:
+            raise ValueError(f"feature_layers must be non-empty and within 1..{depth}; got {self.feature_layers}")
+        if self.dense_attention is not None:
+            if self.dense_attention not in DENSE_ATTENTION_KINDS:
+                raise ValueError(
+                    f"dense_attention must be one of {sorted(DENSE_ATTENTION_KINDS)} or None; "
+                    f"got {self.dense_attention!r}"
+                )
+            if not 1 <= self.dense_start_layer <= depth:
+                raise ValueError(f"dense_start_layer must be within 1..{depth}; got {self.dense_start_layer}")
+            early = [layer for layer in self.feature_layers if layer < self.dense_start_layer]
+            if early:
+                raise ValueError(
+                    f"feature_layers {early} come before dense_start_layer={self.dense_start_layer}: "
+                    "the dense stream does not exist there"
+                )
+        if self.pos_embed_interpolation not in POS_EMBED_INTERPOLATIONS:
+            raise ValueError(
+                f"pos_embed_interpolation must be one of {POS_EMBED_INTERPOLATIONS}; "
+                f"got {self.pos_embed_interpolation!r}"
+            )
+        patch = self.clip_config.vision_config.patch_size
+        if self.image_size <= 0 or self.image_size % patch:
+            raise ValueError(f"image_size must be a positive multiple of the patch size {patch}; got {self.image_size}")
+        if self.temperature <= 0 or self.gaussian_sigma < 0:
+            raise ValueError("temperature must be > 0 and gaussian_sigma >= 0")
+
+
+@dataclass
+class AnomalyDetectionOutput(ModelOutput):
+    """Outputs of every zsad model (names follow anomalib's `pred_score` / `anomaly_map`, batched).
+
+    Args:
+        loss: training loss, when `labels` and/or `masks` were given.
+        pred_scores: `(B,)` image-level anomaly probability in [0, 1].
+        anomaly_maps: `(B, H, W)` pixel-level anomaly probability at the input resolution.
+        patch_logits: per feature layer, `(B, N, 2)` normal/anomaly logits of the patch tokens.
+        image_logits: `(B, 2)` normal/anomaly logits of the global embedding.
+    """
+
+    loss: torch.FloatTensor | None = None
+    pred_scores: torch.FloatTensor | None = None
+    anomaly_maps: torch.FloatTensor | None = None
+    patch_logits: tuple[torch.FloatTensor, ...] | None = None
+    image_logits: torch.FloatTensor | None = None
+
+
+class ZSADAdapter(nn.Module):
+    """Base of the trainable parts; `reset_parameters` initialises them (called by `_init_weights`)."""
+
+    def reset_parameters(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement reset_parameters()")
+
+
+class ZSADPreTrainedModel(PreTrainedModel):
+    """Frozen CLIP backbone + trainable adapters, adapter-only checkpoints, text-feature cache.
+
+    The default `forward` is the AnomalyCLIP-style pipeline (METHODS.md §2.4) shared by methods that
+    score patches and the global embedding against two text embeddings: subclasses provide
+    `compute_text_features()` and, when trainable, `compute_loss()`.
+    """
+
+    config_class = ZSADConfig
+    base_model_prefix = "zsad"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = False
+    _supports_sdpa = True
+    _no_split_modules = ["CLIPEncoderLayer", "CLIPVisionEmbeddings", "CLIPTextEmbeddings"]
+    _keys_to_ignore_on_load_missing = [r"^clip\."]
+
+    def __init__(self, config: ZSADConfig):
+        super().__init__(config)
+        self.clip = CLIPModel(config.clip_config)
+        self.clip.requires_grad_(False)
+        self._text_cache: tuple[tuple, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ weights and checkpoints
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # The CLIP backbone is a PreTrainedModel: transformers dispatches its own initialisation.
+        if isinstance(module, ZSADAdapter):
+            module.reset_parameters()
+        elif isinstance(module, TokenizedPrompts):
+            module.reset_buffers()
+
+    def train(self, mode: bool = True) -> ZSADPreTrainedModel:
+        super().train(mode)
+        self.clip.eval()  # frozen backbone: no dropout, whatever the adapters do
+        return self
+
+    @classmethod
+    def from_backbone(
+        cls,
+        backbone_name_or_path: str | os.PathLike = DEFAULT_BACKBONE,
+        *,
+        dtype: torch.dtype | None = None,
+        **config_kwargs: Any,
+    ) -> ZSADPreTrainedModel:
+        """Build a fresh model (untrained adapters) on the CLIP weights and tokenizer at `backbone_name_or_path`."""
+        backbone_id = os.fspath(backbone_name_or_path)
+        backbone = _load_clip(backbone_id, dtype=dtype)
+        tokenizer = _load_tokenizer(backbone_id)
+        config = cls.config_class(
+            backbone_name_or_path=backbone_id, clip_config=backbone.config.to_dict(), **config_kwargs
+        )
+        cls.tokenize_prompts(config, tokenizer)
+        model = cls(config)
+        model.clip.load_state_dict(backbone.state_dict())
+        return model.to(dtype=backbone.dtype)
+
+    @classmethod
+    def tokenize_prompts(cls, config: ZSADConfig, tokenizer) -> None:
+        """Store the token ids of the method's fixed texts in `config` (so checkpoints need no tokenizer)."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, backbone_name_or_path=None, **kwargs):
+        """Load a zsad checkpoint; adapter-only checkpoints reload the backbone by id.
+
+        `backbone_name_or_path` overrides the id stored in the config (e.g. a local mirror of the backbone).
+        """
+        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        if backbone_name_or_path is not None:
+            model.config.backbone_name_or_path = os.fspath(backbone_name_or_path)
+        if not model.config.save_backbone:
+            model.load_backbone(model.config.backbone_name_or_path)
+        return model
+
+    def load_backbone(self, backbone_name_or_path: str | os.PathLike) -> None:
+        """Copy the CLIP weights at `backbone_name_or_path` into `self.clip` (architectures must match)."""
+        backbone_id = os.fspath(backbone_name_or_path)
+        backbone = _load_clip(backbone_id, dtype=self.clip.dtype)
+        try:
+            self.clip.load_state_dict(backbone.state_dict())
+        except RuntimeError as error:
+            raise ValueError(
+                f"the CLIP backbone at {backbone_id!r} does not match this checkpoint's clip_config: {error}"
+            ) from error
+        self._text_cache = None
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *, save_backbone: bool | None = None, **kwargs):
+        """Save config + adapter tensors (safetensors) + remote-code shim + model card.
+
+        With `save_backbone=True` (or `config.save_backbone`) the CLIP weights are saved too and the
+        checkpoint loads without access to the backbone id.
+        """
+        from .hub.model_card import write_model_card
+
+        kwargs.pop("safe_serialization", None)  # safetensors only
+        previous = self.config.save_backbone
+        if save_backbone is not None:
+            self.config.save_backbone = bool(save_backbone)
+        try:
+            if not self.config.save_backbone and kwargs.get("state_dict") is None:
+                kwargs["state_dict"] = self.adapter_state_dict()
+            self.config.auto_map = write_remote_code_shim(save_directory, type(self.config), type(self))
+            super().save_pretrained(save_directory, **kwargs)
+            weights = Path(save_directory) / SAFE_WEIGHTS_NAME
+            if not weights.exists() and kwargs.get("state_dict") == {}:
+                # A training-free model has no adapter tensor; transformers then writes no weights file,
+                # which from_pretrained requires.
+                save_file({}, weights, metadata={"format": "pt"})
+            write_model_card(self, save_directory, overwrite=False)
+        finally:
+            self.config.save_backbone = previous
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every tensor of the state dict except the frozen backbone's."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("clip.")}
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    # ------------------------------------------------------------------ forward pieces
+    def encode_image(self, pixel_values: torch.Tensor) -> VisionFeatures:
+        """One vision pass: global embedding + dense patch embeddings at `config.feature_layers`."""
+        _check_pixel_values(pixel_values, self.config.clip_config.vision_config.patch_size)
+        cfg = self.config
+        return encode_image(
+            self.clip,
+            pixel_values,
+            feature_layers=cfg.feature_layers,
+            dense_attention=cfg.dense_attention,
+            dense_start_layer=cfg.dense_start_layer,
+            pos_embed_interpolation=cfg.pos_embed_interpolation,
+            global_post_layernorm=cfg.global_post_layernorm,
+        )
+
+    def compute_text_features(self) -> torch.Tensor:
+        """`(2, D)` L2-normalised [normal, anomaly] text embeddings."""
+        raise NotImplementedError(f"{type(self).__name__} must implement compute_text_features()")
+
+    def text_features(self) -> torch.Tensor:
+        """`compute_text_features()`, cached while no parameter changes and no gradient is needed."""
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            return self.compute_text_features()
+        params = list(self.parameters())
+        key = (params[0].device, params[0].dtype, tuple(p._version for p in params))
+        if self._text_cache is None or self._text_cache[0] != key:
+            with torch.no_grad():
+                self._text_cache = (key, self.compute_text_features())
+        return self._text_cache[1]
+
+    def compute_loss(
+        self,
+        image_logits: torch.Tensor,
+        pixel_probabilities: list[torch.Tensor],
+        labels: torch.Tensor,
+        masks: torch.Tensor | None,
+    ) -> torch.Tensor | None:
+        """Training loss; training-free models return None."""
+        return None
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        masks: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> AnomalyDetectionOutput | tuple:
+        """Score images: global probability -> `pred_scores`, dense patch probabilities -> `anomaly_maps`."""
+        height, width = pixel_values.shape[-2:]
+        with torch.no_grad():
+            features = self.encode_image(pixel_values)
+        text = self.text_features()
+
+        image_logits = F.normalize(features.global_embeds, dim=-1) @ text.t() / self.config.temperature
+        patch_logits = [
+            F.normalize(patches, dim=-1) @ text.t() / self.config.temperature for patches in features.patch_embeds
+        ]
+        pixel_probabilities = [
+            upsample_probabilities(patch_probabilities(logits), features.grid_size, (height, width))
+            for logits in patch_logits
+        ]
+        anomaly_maps = anomaly_maps_from_probabilities(pixel_probabilities, self.config.gaussian_sigma)
+
+        loss = None
+        if labels is not None or masks is not None:
+            masks, labels = _check_targets(masks, labels, pixel_values)
+            loss = self.compute_loss(image_logits, pixel_probabilities, labels, masks)
+
+        output = AnomalyDetectionOutput(
+            loss=loss,
+            pred_scores=image_logits.softmax(dim=-1)[:, 1],
+            anomaly_maps=anomaly_maps,
+            patch_logits=tuple(patch_logits),
+            image_logits=image_logits,
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+def _load_clip(backbone_id: str, dtype: torch.dtype | None) -> CLIPModel:
+    try:
+        return CLIPModel.from_pretrained(backbone_id, dtype=dtype if dtype is not None else torch.float32)
+    except (OSError, ValueError) as error:
+        raise OSError(f"cannot load the CLIP backbone {backbone_id!r} ({_first_line(error)})") from error
+
+
+def _load_tokenizer(backbone_id: str):
+    try:
+        return AutoTokenizer.from_pretrained(backbone_id)
+    except (OSError, ValueError) as error:
+        raise OSError(f"cannot load the tokenizer of the CLIP backbone {backbone_id!r} ({_first_line(error)})") from error
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _check_pixel_values(pixel_values: torch.Tensor, patch_size: int) -> None:
+    if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
+        shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values)
+        raise ValueError(f"pixel_values must be a (B, 3, H, W) tensor; got {shape}")
+    height, width = pixel_values.shape[-2:]
+    if height % patch_size or width % patch_size:
+        raise ValueError(f"image height and width must be multiples of the patch size {patch_size}; got {height}x{width}")
+
+
+def _check_targets(
+    masks: torch.Tensor | None, labels: torch.Tensor | None, pixel_values: torch.Tensor
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    batch, _, height, width = pixel_values.shape
+    if masks is not None:
+        if masks.dim() == 4 and masks.shape[1] == 1:
+            masks = masks[:, 0]
+        if tuple(masks.shape) != (batch, height, width):
+            raise ValueError(f"masks must have shape {(batch, height, width)} to match pixel_values; got {tuple(masks.shape)}")
+        masks = masks.to(pixel_values.device, torch.float32)
+    if labels is None:
+        labels = (masks.flatten(1).amax(dim=1) > 0.5).long()
+    else:
+        labels = torch.as_tensor(labels, device=pixel_values.device).long().view(-1)
+        if labels.numel() != batch:
+            raise ValueError(f"labels must have {batch} entries to match pixel_values; got {labels.numel()}")
+    return masks, labels

@@ -1,0 +1,73 @@
+"""Similarities -> anomaly maps and scores (METHODS.md §2.4): upsampling and Gaussian smoothing on the device."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def patch_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """`(B, N, 2)` normal/anomaly logits -> `(B, N, 2)` probabilities."""
+    return logits.softmax(dim=-1)
+
+
+def upsample_probabilities(
+    probabilities: torch.Tensor, grid_size: tuple[int, int], size: tuple[int, int], mode: str = "bilinear"
+) -> torch.Tensor:
+    """`(B, N, C)` patch probabilities -> `(B, C, H, W)` maps at `size` (bilinear, align_corners=False)."""
+    batch, _, channels = probabilities.shape
+    grid = probabilities.transpose(1, 2).reshape(batch, channels, *grid_size)
+    if mode == "nearest":
+        return F.interpolate(grid, size=tuple(size), mode="nearest")
+    return F.interpolate(grid, size=tuple(size), mode=mode, align_corners=False)
+
+
+def anomaly_maps_from_probabilities(pixel_probabilities: Sequence[torch.Tensor], sigma: float) -> torch.Tensor:
+    """Mean over layers of `(p_a + 1 - p_n) / 2`, smoothed: `(B, H, W)` in [0, 1].
+
+    The reference code sums the layers; the mean differs by a constant factor (ranking metrics are
+    unchanged) and keeps maps in [0, 1]. With one layer both are the same.
+    """
+    maps = torch.stack([(p[:, 1] + 1 - p[:, 0]) / 2 for p in pixel_probabilities]).mean(0)
+    return gaussian_blur(maps, sigma)
+
+
+def gaussian_kernel(sigma: float, truncate: float = 4.0, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Normalised 1-D Gaussian of radius `int(truncate * sigma + 0.5)` (scipy.ndimage's kernel)."""
+    radius = int(truncate * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, device=device, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    return (kernel / kernel.sum()).to(dtype)
+
+
+def _reflect_indices(length: int, radius: int, device) -> torch.Tensor:
+    """Indices of a signal padded by `radius` with half-sample symmetric reflection (`d c b a | a b c d`)."""
+    index = torch.arange(-radius, length + radius, device=device)
+    period = 2 * length
+    index = torch.remainder(index, period)
+    return torch.where(index >= length, period - 1 - index, index)
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
+    """Separable Gaussian filter of `(B, H, W)` maps on their device.
+
+    Equals `scipy.ndimage.gaussian_filter(m, sigma, mode="reflect", truncate=4.0)` per map (the filter
+    used by the reference code), computed in float32 (or the maps' dtype if wider).
+    """
+    if sigma <= 0:
+        return maps
+    if maps.dim() != 3:
+        raise ValueError(f"maps must have shape (B, H, W); got {tuple(maps.shape)}")
+    dtype = torch.promote_types(maps.dtype, torch.float32)
+    kernel = gaussian_kernel(sigma, truncate, maps.device, dtype)
+    radius = (kernel.numel() - 1) // 2
+    batch, height, width = maps.shape
+    x = maps.to(dtype)
+    x = x.index_select(2, _reflect_indices(width, radius, maps.device))
+    x = F.conv1d(x.reshape(batch * height, 1, -1), kernel.view(1, 1, -1)).view(batch, height, width)
+    x = x.transpose(1, 2).index_select(2, _reflect_indices(height, radius, maps.device))
+    x = F.conv1d(x.reshape(batch * width, 1, -1), kernel.view(1, 1, -1)).view(batch, width, height)
+    return x.transpose(1, 2).contiguous().to(maps.dtype if maps.dtype.is_floating_point else dtype)
+
