@@ -56,6 +56,7 @@ VIT_L14_336_CLIP_CONFIG: dict[str, Any] = {
 }
 
 POS_EMBED_INTERPOLATIONS = ("bicubic", "bilinear")
+REFERENCE_IMAGE_SIZE = 518  # 37 x 37 patches of 14 px (METHODS.md §1)
 
 
 def relative_layer(depth: int, fraction: float) -> int:
@@ -77,8 +78,10 @@ class ZSADConfig(PreTrainedConfig):
             when `save_backbone` is False).
         clip_config: the backbone architecture (`CLIPConfig` or dict); defaults to ViT-L/14@336.
         save_backbone: save the CLIP weights inside checkpoints (air-gapped use) instead of the id only.
-        image_size: input resolution (square); 518 in all reference code.
-        feature_layers: vision layers whose (dense) patch tokens produce anomaly maps.
+        image_size: input resolution (square); defaults to the multiple of the patch size nearest to 518
+            (518 for the /14 backbones of all reference code, 512 for /16).
+        feature_layers: vision layers whose patch tokens produce anomaly maps (dense-stream tokens from
+            `dense_start_layer` on, plain CLIP tokens before it).
         dense_attention: dense self-correlation on the second stream (`vv`, `kk`, `qq`, `qq+kk`,
             `qq+kk+vv`), or `None` for plain CLIP tokens.
         dense_start_layer: first layer of the dense dual path.
@@ -97,7 +100,7 @@ class ZSADConfig(PreTrainedConfig):
     backbone_name_or_path: str | None = DEFAULT_BACKBONE
     clip_config: dict | CLIPConfig | None = None
     save_backbone: bool = False
-    image_size: int = 518
+    image_size: int | None = None
     feature_layers: list[int] | tuple[int, ...] | None = None
     dense_attention: str | None = "vv"
     dense_start_layer: int | None = None
@@ -111,6 +114,9 @@ class ZSADConfig(PreTrainedConfig):
             self.clip_config = CLIPConfig(**VIT_L14_336_CLIP_CONFIG)
         super().__post_init__(**kwargs)
         depth = self.vision_depth
+        if self.image_size is None:
+            patch = self.clip_config.vision_config.patch_size
+            self.image_size = patch * max(1, round(REFERENCE_IMAGE_SIZE / patch))
         if self.feature_layers is None:
             self.feature_layers = sorted({relative_layer(depth, f) for f in self.default_feature_fractions})
         self.feature_layers = [int(layer) for layer in self.feature_layers]
@@ -139,12 +145,6 @@ class ZSADConfig(PreTrainedConfig):
                 )
             if not 1 <= self.dense_start_layer <= depth:
                 raise ValueError(f"dense_start_layer must be within 1..{depth}; got {self.dense_start_layer}")
-            early = [layer for layer in self.feature_layers if layer < self.dense_start_layer]
-            if early:
-                raise ValueError(
-                    f"feature_layers {early} come before dense_start_layer={self.dense_start_layer}: "
-                    "the dense stream does not exist there"
-                )
         if self.pos_embed_interpolation not in POS_EMBED_INTERPOLATIONS:
             raise ValueError(
                 f"pos_embed_interpolation must be one of {POS_EMBED_INTERPOLATIONS}; "

@@ -1,0 +1,54 @@
+"""Map post-processing and losses against scipy and the written-out formulas."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+from zsad.losses import dice_loss, focal_loss
+from zsad.scoring import anomaly_maps_from_probabilities, gaussian_blur, upsample_probabilities
+
+
+@pytest.mark.parametrize(("shape", "sigma"), [((2, 40, 40), 4.0), ((1, 23, 57), 1.5), ((3, 9, 12), 4.0)])
+def test_gaussian_blur_equals_scipy(shape, sigma):
+    maps = torch.rand(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ours = gaussian_blur(maps, sigma).numpy()
+    expected = np.stack([gaussian_filter(m, sigma=sigma, mode="reflect", truncate=4.0) for m in maps.numpy()])
+    np.testing.assert_allclose(ours, expected, atol=1e-12)
+
+
+def test_gaussian_blur_keeps_dtype_and_zero_sigma_is_identity():
+    maps = torch.rand(2, 16, 16)
+    assert gaussian_blur(maps, 2.0).dtype == torch.float32
+    assert gaussian_blur(maps, 0) is maps
+
+
+def test_anomaly_map_is_mean_of_layer_maps_then_blurred():
+    probabilities = [torch.rand(2, 2, 8, 8) for _ in range(3)]
+    expected = sum((p[:, 1] + 1 - p[:, 0]) / 2 for p in probabilities) / 3
+    assert torch.allclose(anomaly_maps_from_probabilities(probabilities, 0), expected)
+
+
+def test_upsample_probabilities_layout():
+    probs = torch.arange(2 * 6 * 2, dtype=torch.float32).view(2, 6, 2)  # grid 2 x 3
+    same = upsample_probabilities(probs, (2, 3), (2, 3))
+    assert torch.equal(same[1, 0], probs[1, :, 0].view(2, 3))
+    assert upsample_probabilities(probs, (2, 3), (20, 30)).shape == (2, 2, 20, 30)
+
+
+def test_focal_loss_formula():
+    torch.manual_seed(0)
+    probs = torch.rand(2, 2, 5, 5).softmax(dim=1)
+    target = (torch.rand(2, 5, 5) > 0.5).long()
+    eps = 1e-5
+    p_t = torch.where(target == 1, probs[:, 1] * (1 - eps) + probs[:, 0] * eps, probs[:, 0] * (1 - eps) + probs[:, 1] * eps) + eps
+    expected = (-((1 - p_t) ** 2) * torch.log(p_t)).mean()
+    assert torch.allclose(focal_loss(probs, target), expected)
+
+
+def test_dice_loss_formula():
+    prediction = torch.tensor([[[0.5, 1.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    target = torch.tensor([[[1.0, 1.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    first = 1 - (2 * 1.5 + 1) / (1.5 + 2 + 1)
+    second = 1 - 1 / 1
+    assert torch.allclose(dice_loss(prediction, target), torch.tensor((first + second) / 2))
