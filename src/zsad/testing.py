@@ -71,3 +71,11 @@ def save_tiny_backbone(path: str | os.PathLike, seed: int = 0, **config_kwargs) 
     CLIPModel(tiny_clip_config(**config_kwargs)).save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
     return path
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m zsad.testing OUTPUT_DIR   (writes a random tiny CLIP backbone + tokenizer)")
+    print(f"tiny random CLIP backbone written to {save_tiny_backbone(sys.argv[1])}")

@@ -1,0 +1,37 @@
+"""Regenerate `model_cards/<variant>.md` from the shared template (zsad/hub/templates/model_card.md).
+
+    python examples/make_model_cards.py [--out model_cards]
+
+One card per published variant: each method on the default backbone (openai/clip-vit-large-patch14-336),
+with its default configuration. Models are built on the meta device, so no weights are needed.
+"""
+
+import argparse
+from pathlib import Path
+
+import torch
+
+import zsad
+from zsad.hub.model_card import build_model_card
+
+VARIANT_SUFFIX = "vit-large-patch14-336"
+
+
+def generate(out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, model_class in zsad.MODEL_CLASSES.items():
+        with torch.device("meta"):
+            model = model_class(model_class.config_class())
+        repo_id = f"zsad/{name.replace('_', '-')}-{VARIANT_SUFFIX}"
+        path = out_dir / f"{repo_id.split('/')[1]}.md"
+        build_model_card(model, repo_id=repo_id).save(path)
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "model_cards")
+    for path in generate(parser.parse_args().out):
+        print(f"wrote {path}")

@@ -1,0 +1,26 @@
+"""Repository-level consistency: README commands, CI script, generated model cards."""
+
+import importlib.util
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ci_runs_the_readme_test_command():
+    blocks = re.findall(r"```bash\n(.*?)\n```", (ROOT / "README.md").read_text(), flags=re.S)
+    test_command = blocks[0].strip()
+    assert "pytest" in test_command and test_command.startswith("pip install torch==2.13.0")
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert test_command in ci_lines
+    assert blocks[1].strip().startswith("zsad detect ")
+
+
+def test_model_cards_are_up_to_date(tmp_path):
+    spec = importlib.util.spec_from_file_location("make_model_cards", ROOT / "examples" / "make_model_cards.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for generated in module.generate(tmp_path):
+        committed = ROOT / "model_cards" / generated.name
+        assert committed.exists(), f"missing {committed}: run python examples/make_model_cards.py"
+        assert committed.read_text() == generated.read_text(), f"{committed.name} is stale: run python examples/make_model_cards.py"
