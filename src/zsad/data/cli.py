@@ -1,0 +1,113 @@
+"""`zsad convert {mvtec,visa,folder} SRC OUT`: the data-conversion command.
+
+The lead wires `register_convert_command` into the `zsad` command; `python -m zsad.data.cli convert ...`
+works on its own. Errors print one line on stderr naming the path and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+from typing import Optional
+
+from .converters import LAYOUTS, convert
+from .errors import DataError
+from .writer import FORMATS
+
+_FOLDER_ONLY = ("category", "normal_dir", "anomaly_dir", "mask_dir", "split")
+
+
+def register_convert_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the `convert` sub-command to `subparsers` and return its parser (its `func` runs it)."""
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert an anomaly-detection dataset on disk to the zsad schema (parquet or imagefolder)",
+        description=(
+            "Convert an MVTec AD-style folder (also MPDD, BTAD), a VisA folder, or your own folder of normal/"
+            "anomalous images into the zsad anomaly-detection schema. The result loads with "
+            "datasets.load_dataset(OUT). See docs/data.md."
+        ),
+    )
+    parser.add_argument("layout", choices=LAYOUTS, help="source layout")
+    parser.add_argument("src", help="source folder")
+    parser.add_argument("out", help="output folder (written atomically)")
+    parser.add_argument("--format", choices=FORMATS, default="parquet", help="output format (default: parquet)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (a zsad output)")
+    parser.add_argument("--categories", nargs="+", metavar="NAME", help="convert only these categories (mvtec, visa)")
+    parser.add_argument("--name", dest="dataset_name", help="value of the 'dataset' column (default: SRC's name; visa: 'visa')")
+    parser.add_argument(
+        "--skip-invalid", action="store_true",
+        help="skip corrupt images, orphan masks, size mismatches and empty folders with a warning instead of failing",
+    )
+    parser.add_argument(
+        "--normal-names", nargs="+", metavar="NAME",
+        help="mvtec: folder names of normal images (default: good ok normal)",
+    )
+    folder = parser.add_argument_group("folder layout")
+    folder.add_argument("--category", help="category name (default: SRC's name)")
+    folder.add_argument("--normal-dir", help="folder of normal images, relative to SRC (default: normal/good/ok)")
+    folder.add_argument("--anomaly-dir", help="folder of anomalous images, relative to SRC (default: anomaly/defect/...)")
+    folder.add_argument("--mask-dir", help="folder of masks, relative to SRC (default: masks/mask/ground_truth)")
+    folder.add_argument("--split", choices=("train", "test"), help="split to write (default: test)")
+    parser.set_defaults(func=run_convert)
+    return parser
+
+
+def _usage_error(message: str) -> int:
+    print(f"zsad convert: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """Run a parsed `convert` command; returns the exit status."""
+    kwargs = {"format": args.format, "overwrite": args.overwrite, "skip_invalid": args.skip_invalid,
+              "progress": sys.stderr.isatty()}
+    if args.dataset_name:
+        kwargs["dataset_name"] = args.dataset_name
+    if args.layout == "folder":
+        if args.categories:
+            return _usage_error("--categories applies to mvtec and visa; use --category for the folder layout")
+        for option in _FOLDER_ONLY:
+            if getattr(args, option) is not None:
+                kwargs[option] = getattr(args, option)
+    else:
+        given = [f"--{option.replace('_', '-')}" for option in _FOLDER_ONLY if getattr(args, option) is not None]
+        if given:
+            return _usage_error(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to the folder layout only")
+        if args.categories:
+            kwargs["categories"] = args.categories
+    if args.normal_names:
+        if args.layout != "mvtec":
+            return _usage_error("--normal-names applies to the mvtec layout only")
+        kwargs["normal_names"] = args.normal_names
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            report = convert(args.layout, args.src, args.out, **kwargs)
+        except (DataError, OSError) as error:
+            _print_warnings(caught)
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            return _usage_error(message)
+    _print_warnings(caught)
+    print(report)
+    return 0
+
+
+def _print_warnings(caught: list) -> None:
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Standalone entry point: `python -m zsad.data.cli convert mvtec SRC OUT`."""
+    parser = argparse.ArgumentParser(prog="zsad", description="zsad data tools")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    register_convert_command(subparsers)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

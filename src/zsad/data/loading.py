@@ -1,0 +1,159 @@
+"""`load_anomaly_dataset`: one entry point for every place anomaly data can live.
+
+Accepted sources: a Hub dataset id, a folder written by `zsad convert` (parquet or imagefolder), a
+folder of parquet files, a single parquet file, a user `imagefolder` (with or without metadata), and a
+`save_to_disk` folder. The result is validated and normalised onto the schema of `zsad.data.schema`.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import datasets
+import pyarrow.compute as pc
+
+from .errors import DataError, DataWarning, SchemaError
+from .schema import ANOMALY, ensure_schema
+
+AnyDataset = Union[datasets.Dataset, datasets.DatasetDict, datasets.IterableDataset, datasets.IterableDatasetDict]
+
+
+def _is_save_to_disk(folder: Path) -> bool:
+    return (folder / "dataset_dict.json").is_file() or (
+        (folder / "state.json").is_file() and (folder / "dataset_info.json").is_file()
+    )
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or os.sep in source.replace("/", "") or source.count("/") > 1
+
+
+def _load(source: str, split: Optional[str], streaming: bool, kwargs: dict[str, Any]) -> AnyDataset:
+    path = Path(source).expanduser()
+    try:
+        if path.is_file():
+            if path.suffix.lower() != ".parquet":
+                raise DataError(
+                    f"cannot load {path}: a single file must be a .parquet file (for imagefolders and converted "
+                    "datasets pass the folder)",
+                    path,
+                )
+            return datasets.load_dataset(
+                "parquet", data_files={split or "train": str(path)}, streaming=streaming, **kwargs
+            )
+        if path.is_dir():
+            if _is_save_to_disk(path):
+                loaded = datasets.load_from_disk(str(path))
+                if streaming:
+                    if isinstance(loaded, datasets.DatasetDict):
+                        return datasets.IterableDatasetDict({k: v.to_iterable_dataset() for k, v in loaded.items()})
+                    return loaded.to_iterable_dataset()
+                return loaded
+            return datasets.load_dataset(str(path), streaming=streaming, **kwargs)
+        if _looks_like_path(source):
+            raise DataError(f"dataset not found: {path} does not exist", path)
+        return datasets.load_dataset(source, streaming=streaming, **kwargs)
+    except DataError:
+        raise
+    except (FileNotFoundError, ValueError, ConnectionError, OSError, RuntimeError) as error:
+        where = str(path) if path.exists() else f"'{source}' (not a local path; tried the Hugging Face Hub)"
+        raise DataError(f"cannot load anomaly dataset {where}: {type(error).__name__}: {error}", source) from error
+
+
+def _pick_split(ds: AnyDataset, split: Optional[str], source: str) -> AnyDataset:
+    if split is None or not isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        return ds
+    if split not in ds:
+        raise DataError(f"dataset {source} has no split {split!r}; available splits: {list(ds)}", source)
+    return ds[split]
+
+
+def _filter_categories(ds: AnyDataset, categories: list[str], source: str) -> AnyDataset:
+    wanted = set(categories)
+    parts = ds.values() if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)) else [ds]
+    for part in parts:
+        if part.column_names is not None and "category" not in part.column_names:
+            raise SchemaError(f"dataset {source} has no 'category' column to select {sorted(wanted)} from", source)
+    if isinstance(ds, (datasets.Dataset, datasets.DatasetDict)):
+        available: set[str] = set()
+        for part in parts:
+            available.update(part.unique("category"))
+        unknown = sorted(wanted - available)
+        if unknown:
+            raise DataError(f"dataset {source} has no categor{'y' if len(unknown) == 1 else 'ies'} {unknown}; "
+                            f"available: {sorted(available)}", source)
+    return ds.filter(lambda category: category in wanted, input_columns="category")
+
+
+def summarize(ds: datasets.Dataset) -> dict[str, Any]:
+    """Counts of a map-style dataset without decoding images: rows, normal/anomalous, masks, categories."""
+    columns = [c for c in ("label", "mask", "category") if c in ds.column_names]
+    table = ds.select_columns(columns).with_format("arrow")[:]
+    labels = table.column("label")
+    anomalous = pc.equal(labels, ANOMALY)
+    num_anomalous = pc.sum(anomalous).as_py() or 0
+    if "mask" in columns:
+        without = pc.sum(pc.and_(anomalous, pc.is_null(table.column("mask")))).as_py() or 0
+    else:
+        without = num_anomalous
+    return {
+        "num_rows": table.num_rows,
+        "num_normal": table.num_rows - num_anomalous,
+        "num_anomalous": num_anomalous,
+        "anomalous_without_mask": without,
+        "has_mask_column": "mask" in columns,
+        "categories": sorted(set(table.column("category").to_pylist())) if "category" in columns else [],
+    }
+
+
+def _warn_image_level_only(ds: AnyDataset, source: str) -> None:
+    parts = ds.items() if isinstance(ds, datasets.DatasetDict) else [(None, ds)]
+    for name, part in parts:
+        if not isinstance(part, datasets.Dataset) or part.num_rows == 0:
+            continue
+        info = summarize(part)
+        if info["anomalous_without_mask"]:
+            where = f"{source}" + (f" [{name}]" if name else "")
+            warnings.warn(
+                f"{info['anomalous_without_mask']} of {info['num_anomalous']} anomalous images in {where} have no "
+                "mask: they have image-level labels only (has_mask=False) and pixel metrics skip them",
+                DataWarning,
+                stacklevel=3,
+            )
+
+
+def load_anomaly_dataset(
+    path_or_id: Union[str, os.PathLike],
+    split: Optional[str] = None,
+    categories: Optional[Iterable[str]] = None,
+    streaming: bool = False,
+    **kwargs: Any,
+) -> AnyDataset:
+    """Load anomaly data from anywhere and check it against the schema.
+
+    Args:
+        path_or_id: a Hub dataset id ("org/name"), a folder written by `zsad convert`, a parquet file or
+            folder, an imagefolder, or a `save_to_disk` folder.
+        split: "train"/"test"/...; None returns every split (a `DatasetDict`).
+        categories: keep only these categories (the names must exist, except when streaming).
+        streaming: return an `IterableDataset`/`IterableDatasetDict`.
+        **kwargs: passed on to `datasets.load_dataset` (e.g. `name=`, `cache_dir=`, `revision=`).
+
+    Raises `DataError`/`SchemaError` (both `ValueError`s) naming the source. Warns (`DataWarning`) when
+    anomalous images lack masks, i.e. the data is image-level only for them.
+    """
+    source = os.fspath(path_or_id)
+    ds = _load(source, split, streaming, dict(kwargs))
+    ds = _pick_split(ds, split, source)
+    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        ds = type(ds)({name: ensure_schema(part, f"{source} [{name}]") for name, part in ds.items()})
+    else:
+        ds = ensure_schema(ds, source)
+    if categories is not None:
+        ds = _filter_categories(ds, list(categories), source)
+    _warn_image_level_only(ds, source)
+    return ds
