@@ -17,7 +17,7 @@ setup(
     package_dir={"": "src"},
     packages=find_packages("src"),
     include_package_data=True,
-    package_data={"zsad": ["hub/templates/*", "metrics/evaluate_aupro/*"]},
+    package_data={"zsad": ["hub/templates/*", "metrics/evaluate_module/aupro/*"]},
     python_requires=">=3.10",
     install_requires=[
         # torch is not pulled in by transformers; on CPU-only machines install torch==2.13.0 first
