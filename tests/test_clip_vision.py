@@ -105,5 +105,5 @@ def test_patch_embeddings_go_through_post_layernorm_and_projection(clip):
         features = encode_image(clip, pixels, feature_layers=[4], dense_attention="vv", dense_start_layer=2)
         _, taps, _ = vision_forward(clip.vision_model, pixels, tap_layers=(4,), dense_attention="vv", dense_start_layer=2)
     expected = clip.visual_projection(clip.vision_model.post_layernorm(taps[4][:, 1:]))
-    assert features.patch_embeds[0].shape == (2, 49, 16)
+    assert features.patch_embeds[0].shape == (2, 49, 32)
     assert torch.allclose(features.patch_embeds[0], expected)

@@ -6,7 +6,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from zsad.losses import dice_loss, focal_loss
-from zsad.scoring import anomaly_maps_from_probabilities, gaussian_blur, upsample_probabilities
+from zsad.scoring import anomaly_maps_from_probabilities, gaussian_blur, upsample_patch_scores
 
 
 @pytest.mark.parametrize(("shape", "sigma"), [((2, 40, 40), 4.0), ((1, 23, 57), 1.5), ((3, 9, 12), 4.0)])
@@ -29,11 +29,11 @@ def test_anomaly_map_is_mean_of_layer_maps_then_blurred():
     assert torch.allclose(anomaly_maps_from_probabilities(probabilities, 0), expected)
 
 
-def test_upsample_probabilities_layout():
+def test_upsample_patch_scores_layout():
     probs = torch.arange(2 * 6 * 2, dtype=torch.float32).view(2, 6, 2)  # grid 2 x 3
-    same = upsample_probabilities(probs, (2, 3), (2, 3))
+    same = upsample_patch_scores(probs, (2, 3), (2, 3))
     assert torch.equal(same[1, 0], probs[1, :, 0].view(2, 3))
-    assert upsample_probabilities(probs, (2, 3), (20, 30)).shape == (2, 2, 20, 30)
+    assert upsample_patch_scores(probs, (2, 3), (20, 30)).shape == (2, 2, 20, 30)
 
 
 def test_focal_loss_formula():

@@ -8,13 +8,17 @@ from transformers import AutoConfig, AutoModel
 
 from .clip.processing import ZSADImageProcessor
 from .modeling_base import AnomalyDetectionOutput, ZSADConfig, ZSADPreTrainedModel
+from .models.adaclip import AdaCLIPConfig, AdaCLIPModel
 from .models.anomalyclip import AnomalyCLIPConfig, AnomalyCLIPModel
+from .models.crane import CraneConfig, CraneModel
 from .models.zsad_clip import ZeroShotCLIPConfig, ZeroShotCLIPModel
 
 __version__ = "0.1.0.dev0"
 
 MODEL_CLASSES: dict[str, type[ZSADPreTrainedModel]] = {
+    "adaclip": AdaCLIPModel,
     "anomalyclip": AnomalyCLIPModel,
+    "crane": CraneModel,
     "zsad_clip": ZeroShotCLIPModel,
 }
 
@@ -23,9 +27,13 @@ for _model_class in MODEL_CLASSES.values():
     AutoModel.register(_model_class.config_class, _model_class, exist_ok=True)
 
 __all__ = [
+    "AdaCLIPConfig",
+    "AdaCLIPModel",
     "AnomalyCLIPConfig",
     "AnomalyCLIPModel",
     "AnomalyDetectionOutput",
+    "CraneConfig",
+    "CraneModel",
     "MODEL_CLASSES",
     "ZSADConfig",
     "ZSADImageProcessor",

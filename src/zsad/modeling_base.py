@@ -8,6 +8,7 @@ small trainable adapters. By default checkpoints hold the adapters only; the bac
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput
 from .clip.text import TokenizedPrompts
 from .clip.vision import DENSE_ATTENTION_KINDS, VisionFeatures, encode_image
 from .hub.remote_code import write_remote_code_shim
-from .scoring import anomaly_maps_from_probabilities, patch_probabilities, upsample_probabilities
+from .scoring import anomaly_maps_from_probabilities, patch_probabilities, upsample_patch_scores
 
 DEFAULT_BACKBONE = "openai/clip-vit-large-patch14-336"
 
@@ -96,6 +97,8 @@ class ZSADConfig(PreTrainedConfig):
     sub_configs_defaults = {"clip_config": CLIPConfig}
     default_feature_fractions: ClassVar[tuple[float, ...]] = (0.25, 0.5, 0.75, 1.0)
     dense_fraction: ClassVar[float] = 19 / 24
+    # Optimiser and schedule of the method's reference training (None: training-free).
+    training_defaults: ClassVar[dict | None] = None
 
     backbone_name_or_path: str | None = DEFAULT_BACKBONE
     clip_config: dict | CLIPConfig | None = None
@@ -199,6 +202,8 @@ class ZSADPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _no_split_modules = ["CLIPEncoderLayer", "CLIPVisionEmbeddings", "CLIPTextEmbeddings"]
     _keys_to_ignore_on_load_missing = [r"^clip\."]
+    # Class-aware methods prompt with each image's category and implement `set_class_names(names)`.
+    class_aware: ClassVar[bool] = False
 
     def __init__(self, config: ZSADConfig):
         super().__init__(config)
@@ -217,8 +222,24 @@ class ZSADPreTrainedModel(PreTrainedModel):
 
     def train(self, mode: bool = True) -> ZSADPreTrainedModel:
         super().train(mode)
-        self.clip.eval()  # frozen backbone: no dropout, whatever the adapters do
+        for name in ("clip", *self.extra_backbones()):
+            getattr(self, name).eval()  # frozen backbones: no dropout, whatever the adapters do
         return self
+
+    def extra_backbones(self) -> dict[str, str]:
+        """Frozen pretrained modules besides `clip`, as `{attribute name: Hub id or folder}`.
+
+        Like the CLIP backbone they stay in eval mode, are left out of adapter-only checkpoints and are
+        loaded from their id by `from_backbone` and `from_pretrained` (e.g. Crane+'s DINOv2).
+        """
+        return {}
+
+    def load_extra_backbones(self) -> None:
+        """Copy the weights of every `extra_backbones()` module from its id (architectures must match)."""
+        for name, backbone_id in self.extra_backbones().items():
+            module = getattr(self, name)
+            pretrained = _load_pretrained(type(module), backbone_id, module.dtype, f"`{name}` backbone")
+            _copy_weights(module, pretrained, backbone_id, name)
 
     @classmethod
     def from_backbone(
@@ -238,6 +259,7 @@ class ZSADPreTrainedModel(PreTrainedModel):
         cls.tokenize_prompts(config, tokenizer)
         model = cls(config)
         model.clip.load_state_dict(backbone.state_dict())
+        model.load_extra_backbones()
         return model.to(dtype=backbone.dtype)
 
     @classmethod
@@ -255,18 +277,13 @@ class ZSADPreTrainedModel(PreTrainedModel):
             model.config.backbone_name_or_path = os.fspath(backbone_name_or_path)
         if not model.config.save_backbone:
             model.load_backbone(model.config.backbone_name_or_path)
+            model.load_extra_backbones()
         return model
 
     def load_backbone(self, backbone_name_or_path: str | os.PathLike) -> None:
         """Copy the CLIP weights at `backbone_name_or_path` into `self.clip` (architectures must match)."""
         backbone_id = os.fspath(backbone_name_or_path)
-        backbone = _load_clip(backbone_id, dtype=self.clip.dtype)
-        try:
-            self.clip.load_state_dict(backbone.state_dict())
-        except RuntimeError as error:
-            raise ValueError(
-                f"the CLIP backbone at {backbone_id!r} does not match this checkpoint's clip_config: {error}"
-            ) from error
+        _copy_weights(self.clip, _load_clip(backbone_id, dtype=self.clip.dtype), backbone_id, "clip")
         self._text_cache = None
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, save_backbone: bool | None = None, **kwargs):
@@ -295,27 +312,65 @@ class ZSADPreTrainedModel(PreTrainedModel):
         finally:
             self.config.save_backbone = previous
 
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        save_backbone: bool | None = None,
+        **card_kwargs: Any,
+    ) -> str:
+        """Upload this model (as `save_pretrained` writes it) with its model card in one commit.
+
+        transformers' own `push_to_hub` would replace the card with its generic template
+        (ECOSYSTEM.md §6.1). `card_kwargs` go to `build_model_card` (`training_data`,
+        `results_markdown`, `datasets`). Returns the commit URL.
+        """
+        import tempfile
+
+        from .hub.model_card import write_model_card
+        from .hub.push import push_folder
+
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, save_backbone=save_backbone)
+            write_model_card(self, folder, overwrite=True, repo_id=repo_id, **card_kwargs)
+            return push_folder(
+                folder,
+                repo_id,
+                token=token,
+                private=private,
+                revision=revision,
+                commit_message=commit_message or f"Upload {type(self).__name__}",
+            )
+
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """Every tensor of the state dict except the frozen backbone's."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("clip.")}
+        """Every tensor of the state dict except the frozen backbones' (`clip` and `extra_backbones()`)."""
+        frozen = tuple(f"{name}." for name in ("clip", *self.extra_backbones()))
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(frozen)}
 
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     # ------------------------------------------------------------------ forward pieces
-    def encode_image(self, pixel_values: torch.Tensor) -> VisionFeatures:
-        """One vision pass: global embedding + dense patch embeddings at `config.feature_layers`."""
+    def encode_image(self, pixel_values: torch.Tensor, **options: Any) -> VisionFeatures:
+        """One vision pass: global embedding + dense patch embeddings at `config.feature_layers`.
+
+        `options` are further `zsad.clip.vision.encode_image` arguments (`visual_prompts`,
+        `guided_attention`, `project_patches`) or overrides of the config's vision settings.
+        """
         _check_pixel_values(pixel_values, self.config.clip_config.vision_config.patch_size)
         cfg = self.config
-        return encode_image(
-            self.clip,
-            pixel_values,
-            feature_layers=cfg.feature_layers,
-            dense_attention=cfg.dense_attention,
-            dense_start_layer=cfg.dense_start_layer,
-            pos_embed_interpolation=cfg.pos_embed_interpolation,
-            global_post_layernorm=cfg.global_post_layernorm,
-        )
+        settings = {
+            "feature_layers": cfg.feature_layers,
+            "dense_attention": cfg.dense_attention,
+            "dense_start_layer": cfg.dense_start_layer,
+            "pos_embed_interpolation": cfg.pos_embed_interpolation,
+            "global_post_layernorm": cfg.global_post_layernorm,
+        }
+        return encode_image(self.clip, pixel_values, **{**settings, **options})
 
     def compute_text_features(self) -> torch.Tensor:
         """`(2, D)` L2-normalised [normal, anomaly] text embeddings."""
@@ -348,8 +403,13 @@ class ZSADPreTrainedModel(PreTrainedModel):
         masks: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        categories: str | Sequence[str] | None = None,
     ) -> AnomalyDetectionOutput | tuple:
-        """Score images: global probability -> `pred_scores`, dense patch probabilities -> `anomaly_maps`."""
+        """Score images: global probability -> `pred_scores`, dense patch probabilities -> `anomaly_maps`.
+
+        `categories` (each image's class name) is accepted by every model and used by class-aware ones
+        (`class_aware = True`, e.g. AdaCLIP); object-agnostic methods ignore it.
+        """
         height, width = pixel_values.shape[-2:]
         with torch.no_grad():
             features = self.encode_image(pixel_values)
@@ -360,7 +420,7 @@ class ZSADPreTrainedModel(PreTrainedModel):
             F.normalize(patches, dim=-1) @ text.t() / self.config.temperature for patches in features.patch_embeds
         ]
         pixel_probabilities = [
-            upsample_probabilities(patch_probabilities(logits), features.grid_size, (height, width))
+            upsample_patch_scores(patch_probabilities(logits), features.grid_size, (height, width))
             for logits in patch_logits
         ]
         anomaly_maps = anomaly_maps_from_probabilities(pixel_probabilities, self.config.gaussian_sigma)
@@ -381,10 +441,23 @@ class ZSADPreTrainedModel(PreTrainedModel):
 
 
 def _load_clip(backbone_id: str, dtype: torch.dtype | None) -> CLIPModel:
+    return _load_pretrained(CLIPModel, backbone_id, dtype, "CLIP backbone")
+
+
+def _load_pretrained(model_class: type[PreTrainedModel], backbone_id: str, dtype: torch.dtype | None, what: str):
     try:
-        return CLIPModel.from_pretrained(backbone_id, dtype=dtype if dtype is not None else torch.float32)
+        return model_class.from_pretrained(backbone_id, dtype=dtype if dtype is not None else torch.float32)
     except (OSError, ValueError) as error:
-        raise OSError(f"cannot load the CLIP backbone {backbone_id!r} ({_first_line(error)})") from error
+        raise OSError(f"cannot load the {what} {backbone_id!r} ({_first_line(error)})") from error
+
+
+def _copy_weights(module: nn.Module, pretrained: nn.Module, backbone_id: str, name: str) -> None:
+    try:
+        module.load_state_dict(pretrained.state_dict())
+    except RuntimeError as error:
+        raise ValueError(
+            f"the backbone at {backbone_id!r} does not match the architecture of `{name}` in this model's config: {error}"
+        ) from error
 
 
 def _load_tokenizer(backbone_id: str):

@@ -13,15 +13,23 @@ def patch_probabilities(logits: torch.Tensor) -> torch.Tensor:
     return logits.softmax(dim=-1)
 
 
-def upsample_probabilities(
-    probabilities: torch.Tensor, grid_size: tuple[int, int], size: tuple[int, int], mode: str = "bilinear"
+def upsample_patch_scores(
+    scores: torch.Tensor,
+    grid_size: tuple[int, int],
+    size: tuple[int, int],
+    mode: str = "bilinear",
+    align_corners: bool = False,
 ) -> torch.Tensor:
-    """`(B, N, C)` patch probabilities -> `(B, C, H, W)` maps at `size` (bilinear, align_corners=False)."""
-    batch, _, channels = probabilities.shape
-    grid = probabilities.transpose(1, 2).reshape(batch, channels, *grid_size)
+    """`(B, N, C)` per-patch scores (probabilities or logits) -> `(B, C, H, W)` maps at `size`.
+
+    `mode="bilinear"` with `align_corners=False` as AnomalyCLIP/Crane, `align_corners=True` as AdaCLIP,
+    `mode="nearest"` as Crane's training maps.
+    """
+    batch, _, channels = scores.shape
+    grid = scores.transpose(1, 2).reshape(batch, channels, *grid_size)
     if mode == "nearest":
         return F.interpolate(grid, size=tuple(size), mode="nearest")
-    return F.interpolate(grid, size=tuple(size), mode=mode, align_corners=False)
+    return F.interpolate(grid, size=tuple(size), mode=mode, align_corners=align_corners)
 
 
 def anomaly_maps_from_probabilities(pixel_probabilities: Sequence[torch.Tensor], sigma: float) -> torch.Tensor:

@@ -11,7 +11,7 @@ import string
 from pathlib import Path
 
 import torch
-from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+from transformers import AutoTokenizer, CLIPConfig, CLIPModel, CLIPTokenizer
 
 _CHARACTERS = string.ascii_lowercase + string.digits + ".,-'"
 _SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
@@ -35,11 +35,17 @@ def tiny_clip_config(
     image_size: int = 28,
     patch_size: int = 4,
     context_length: int = 77,
+    projection_dim: int | None = None,
 ) -> CLIPConfig:
-    """A tiny `CLIPConfig` (ViT with `vision_layers` layers, 4 heads) whose text vocab fits `tiny_tokenizer`."""
+    """A tiny `CLIPConfig` (ViT with `vision_layers` layers, 4 heads) whose text vocab fits `tiny_tokenizer`.
+
+    `projection_dim` defaults to the text width, as in ViT-L/14 (768 / 768), which Crane's image-token
+    conditioning needs.
+    """
     vocab = tiny_tokenizer_vocab()
+    projection_dim = hidden_size if projection_dim is None else projection_dim
     return CLIPConfig(
-        projection_dim=16,
+        projection_dim=projection_dim,
         text_config=dict(
             vocab_size=len(vocab),
             hidden_size=hidden_size,
@@ -47,7 +53,7 @@ def tiny_clip_config(
             num_hidden_layers=text_layers,
             num_attention_heads=4,
             max_position_embeddings=context_length,
-            projection_dim=16,
+            projection_dim=projection_dim,
             bos_token_id=vocab["<|startoftext|>"],
             eos_token_id=vocab["<|endoftext|>"],
             pad_token_id=vocab["<|endoftext|>"],
@@ -59,7 +65,7 @@ def tiny_clip_config(
             intermediate_size=37,
             num_hidden_layers=vision_layers,
             num_attention_heads=4,
-            projection_dim=16,
+            projection_dim=projection_dim,
         ),
     )
 
@@ -73,9 +79,26 @@ def save_tiny_backbone(path: str | os.PathLike, seed: int = 0, **config_kwargs) 
     return path
 
 
-if __name__ == "__main__":
-    import sys
+def save_random_backbone(architecture: str | os.PathLike, path: str | os.PathLike, seed: int = 0) -> Path:
+    """Save a randomly initialised CLIP with the architecture (config.json) and tokenizer found at
+    `architecture` (e.g. ../shared/clip-tokenizer: the real CLIP tokenizer and a TinyCLIP config)."""
+    torch.manual_seed(seed)
+    path = Path(path)
+    CLIPModel(CLIPConfig.from_pretrained(architecture)).save_pretrained(path)
+    AutoTokenizer.from_pretrained(architecture).save_pretrained(path)
+    return path
 
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m zsad.testing OUTPUT_DIR   (writes a random tiny CLIP backbone + tokenizer)")
-    print(f"tiny random CLIP backbone written to {save_tiny_backbone(sys.argv[1])}")
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write a random CLIP backbone (weights + tokenizer) for offline smoke tests.")
+    parser.add_argument("output_dir")
+    parser.add_argument("--architecture", help="folder with a CLIP config.json and tokenizer (default: tiny char-level CLIP)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.architecture:
+        written = save_random_backbone(args.architecture, args.output_dir, seed=args.seed)
+    else:
+        written = save_tiny_backbone(args.output_dir, seed=args.seed)
+    print(f"random CLIP backbone written to {written}")

@@ -43,7 +43,7 @@ def eos_positions(input_ids: torch.Tensor, eos_token_id: int | None) -> torch.Te
 
 def encode_text(
     clip: CLIPModel,
-    input_ids: torch.Tensor,
+    input_ids: torch.Tensor | None,
     *,
     inputs_embeds: torch.Tensor | None = None,
     deep_prompts: Mapping[int, torch.Tensor] | None = None,
@@ -56,7 +56,7 @@ def encode_text(
     Args:
         clip: the CLIP model (its text tower, `text_projection`).
         input_ids: `(P, L)` token ids; used for the embeddings unless `inputs_embeds` is given, and for
-            the pooling positions unless `pooling_positions` is given.
+            the pooling positions unless `pooling_positions` is given (None when both are given).
         inputs_embeds: `(P, L, W)` token embeddings (e.g. with learnable context vectors spliced in).
         deep_prompts: `{layer: tokens}` with 1-indexed text layers and tokens of shape `(n, W)` or
             `(P, n, W)`; before that layer, hidden positions `deep_prompt_offset .. offset + n - 1` are
@@ -66,6 +66,8 @@ def encode_text(
     """
     text_model: CLIPTextModel = clip.text_model
     embeddings = text_model.embeddings
+    if input_ids is None and (inputs_embeds is None or pooling_positions is None):
+        raise ValueError("encode_text needs input_ids unless both inputs_embeds and pooling_positions are given")
     if inputs_embeds is None:
         inputs_embeds = embeddings.token_embedding(input_ids)
     hidden = embeddings(inputs_embeds=inputs_embeds)
@@ -90,6 +92,17 @@ def overwrite_positions(hidden: torch.Tensor, tokens: torch.Tensor, offset: int)
     return torch.cat([hidden[:, :offset], tokens.to(hidden.dtype), hidden[:, end:]], dim=1)
 
 
+def insert_positions(hidden: torch.Tensor, tokens: torch.Tensor, offset: int) -> torch.Tensor:
+    """`(P, L + n, W)`: `tokens` (`(n, W)` or `(P, n, W)`) inserted before position `offset` of `hidden`.
+
+    Used for Crane's conditioning token (METHODS.md §5.2): every later position, end-of-text included,
+    moves by n.
+    """
+    if tokens.dim() == 2:
+        tokens = tokens.unsqueeze(0).expand(hidden.shape[0], -1, -1)
+    return torch.cat([hidden[:, :offset], tokens.to(hidden.dtype), hidden[:, offset:]], dim=1)
+
+
 class TokenizedPrompts(nn.Module):
     """Fixed token ids of a method's prompts (stored in its config) as non-persistent buffers.
 
@@ -112,6 +125,12 @@ class TokenizedPrompts(nn.Module):
     @property
     def is_tokenized(self) -> bool:
         return self.token_ids is not None
+
+    @property
+    def max_length(self) -> int:
+        """Length of the longest sequence. Under causal attention the positions after it never reach a
+        pooled end-of-text token, so `input_ids[:, :max_length]` gives the same text embeddings."""
+        return max(map(len, self.token_ids)) if self.token_ids else self.input_ids.shape[1]
 
     @torch.no_grad()
     def reset_buffers(self) -> None:

@@ -10,11 +10,19 @@ where A is W_O(sum_x softmax(X X^T / sqrt(d)) V) over X in {Q, K, V} as selected
 (`vv` = AnomalyCLIP's DPAM, `qq+kk+vv` = Crane's E-Attn). The standard q-k attention and the dense
 attentions of a layer share one q/k/v projection and run in a single `scaled_dot_product_attention`
 call, so both streams cost one pass; nothing in the loop synchronises with the host.
+
+Two further hooks serve AdaCLIP and Crane+:
+- `visual_prompts` (deep visual prompt tuning, METHODS.md §3.2): learnable tokens appended after the
+  1 + N tokens before the first prompted layer and replacing those trailing tokens before every later
+  prompted layer; they travel through the remaining layers and are dropped at readout.
+- `guided_attention` (Crane+'s D-Attn, METHODS.md §5.1): at a chosen layer, an external patch-to-patch
+  attention matrix A gives W_O(A V), with V from that layer's projection of LN1(original-stream input)
+  at the patch tokens (no residual).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -39,15 +47,19 @@ class VisionFeatures:
     Attributes:
         global_embeds: `(B, P)` projected CLS embedding of the original stream.
         patch_embeds: per requested layer, `(B, N, P)` patch tokens (dense stream when active) through
-            `post_layernorm` and the visual projection.
+            `post_layernorm` and the visual projection, or the raw `(B, N, W)` residual-stream tokens
+            when `encode_image(project_patches=False)`.
         grid_size: `(rows, cols)` of the patch grid, `N = rows * cols`.
-        last_hidden_state: `(B, 1 + N, W)` original-stream output of the last layer.
+        last_hidden_state: `(B, 1 + N, W)` original-stream output of the last layer (prompts dropped).
+        guided_patch_embeds: per layer of `guided_attention`, the `(B, N, P)` (or raw `(B, N, W)`) output
+            of the guided attention.
     """
 
     global_embeds: torch.Tensor
     patch_embeds: tuple[torch.Tensor, ...]
     grid_size: tuple[int, int]
     last_hidden_state: torch.Tensor
+    guided_patch_embeds: tuple[torch.Tensor, ...] = ()
 
 
 def position_embeddings(
@@ -129,28 +141,70 @@ def encoder_layer_forward(layer: CLIPEncoderLayer, hidden_states: torch.Tensor) 
     return hidden_states + layer.mlp(layer.layer_norm2(hidden_states))
 
 
-def vision_forward(
+def guided_attention_output(layer: CLIPEncoderLayer, normed_patches: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+    """`W_O(A V)` of `layer` for an external attention `A (B, N, N)` over `normed_patches (B, N, W)`.
+
+    `normed_patches` are LN1-normalised patch tokens (CLS excluded); A is shared by all heads, so the
+    per-head products concatenate to `A V` with the full-width V (Crane+'s D-Attn, METHODS.md §5.1).
+    """
+    batch, length = normed_patches.shape[:2]
+    if tuple(attention.shape) != (batch, length, length):
+        raise ValueError(
+            f"guided attention must have shape {(batch, length, length)} for {length} patch tokens; "
+            f"got {tuple(attention.shape)}"
+        )
+    attention_module = layer.self_attn
+    values = attention_module.v_proj(normed_patches)
+    return attention_module.out_proj(attention.to(values.dtype) @ values)
+
+
+def _with_prompt_tokens(hidden_states: torch.Tensor, prompts: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """The first `num_tokens` tokens of `hidden_states` followed by `prompts` (`(n, W)` or `(B, n, W)`)."""
+    batch = hidden_states.shape[0]
+    if prompts.dim() == 2:
+        prompts = prompts.unsqueeze(0).expand(batch, -1, -1)
+    if prompts.dim() != 3 or prompts.shape[0] != batch or prompts.shape[-1] != hidden_states.shape[-1]:
+        raise ValueError(
+            f"visual prompts must have shape (n, {hidden_states.shape[-1]}) or ({batch}, n, {hidden_states.shape[-1]}); "
+            f"got {tuple(prompts.shape)}"
+        )
+    return torch.cat([hidden_states[:, :num_tokens], prompts.to(hidden_states.dtype)], dim=1)
+
+
+def _vision_tower(
     vision_model: CLIPVisionModel,
     pixel_values: torch.Tensor,
-    *,
-    tap_layers: Sequence[int] = (),
-    dense_attention: str | None = None,
-    dense_start_layer: int | None = None,
-    pos_embed_interpolation: str = "bicubic",
-) -> tuple[torch.Tensor, dict[int, torch.Tensor], tuple[int, int]]:
-    """Run the CLIP vision tower by hand.
-
-    Returns `(last_hidden_state, taps, grid_size)`: the original stream's output `(B, 1 + N, W)` (before
-    `post_layernorm`, like `CLIPVisionModel.last_hidden_state`) and, for every 1-indexed layer in
-    `tap_layers`, that layer's output tokens: the dense stream where it exists, else the original stream.
-    """
+    tap_layers: Sequence[int],
+    dense_attention: str | None,
+    dense_start_layer: int | None,
+    pos_embed_interpolation: str,
+    visual_prompts: Mapping[int, torch.Tensor] | None,
+    guided_attention: Mapping[int, torch.Tensor] | None,
+) -> tuple[torch.Tensor, dict[int, torch.Tensor], tuple[int, int], dict[int, torch.Tensor]]:
+    """The loop behind `vision_forward` and `encode_image`; also returns the guided-attention outputs."""
     dense_kinds = DENSE_ATTENTION_KINDS[dense_attention] if dense_attention else ()
     start = dense_start_layer if dense_attention else None
+    visual_prompts = dict(visual_prompts or {})
+    guided_attention = dict(guided_attention or {})
+    depth = len(vision_model.encoder.layers)
+    outside = [layer for layer in (*visual_prompts, *guided_attention) if not 1 <= layer <= depth]
+    if outside:
+        raise ValueError(f"prompt and guided-attention layers must be within 1..{depth}; got {outside}")
+    prompt_counts = {layer: prompts.shape[-2] for layer, prompts in visual_prompts.items()}
+    if len(set(prompt_counts.values())) > 1:
+        raise ValueError(f"every prompted layer must receive the same number of visual prompt tokens; got {prompt_counts}")
     hidden, grid_size = embed_patches(vision_model.embeddings, pixel_values, pos_embed_interpolation)
+    num_tokens = hidden.shape[1]  # 1 + N: everything after them is a prompt token
     hidden = vision_model.pre_layrnorm(hidden)
     dense = None
     taps: dict[int, torch.Tensor] = {}
+    guided: dict[int, torch.Tensor] = {}
     for index, layer in enumerate(vision_model.encoder.layers, start=1):
+        if index in visual_prompts:  # appended at the first prompted layer, replaced afterwards
+            hidden = _with_prompt_tokens(hidden, visual_prompts[index], num_tokens)
+        if index in guided_attention:
+            normed = layer.layer_norm1(hidden[:, 1:num_tokens])
+            guided[index] = guided_attention_output(layer, normed, guided_attention[index])
         if start is not None and index >= start:
             attended, dense_update = dual_path_attention(layer, layer.layer_norm1(hidden), dense_kinds)
             dense = (hidden if dense is None else dense) + dense_update
@@ -159,8 +213,41 @@ def vision_forward(
         else:
             hidden = encoder_layer_forward(layer, hidden)
         if index in tap_layers:
-            taps[index] = dense if dense is not None else hidden
-    return hidden, taps, grid_size
+            taps[index] = (dense if dense is not None else hidden)[:, :num_tokens]
+    return hidden[:, :num_tokens], taps, grid_size, guided
+
+
+def vision_forward(
+    vision_model: CLIPVisionModel,
+    pixel_values: torch.Tensor,
+    *,
+    tap_layers: Sequence[int] = (),
+    dense_attention: str | None = None,
+    dense_start_layer: int | None = None,
+    pos_embed_interpolation: str = "bicubic",
+    visual_prompts: Mapping[int, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, dict[int, torch.Tensor], tuple[int, int]]:
+    """Run the CLIP vision tower by hand.
+
+    Returns `(last_hidden_state, taps, grid_size)`: the original stream's output `(B, 1 + N, W)` (before
+    `post_layernorm`, like `CLIPVisionModel.last_hidden_state`) and, for every 1-indexed layer in
+    `tap_layers`, that layer's output tokens: the dense stream where it exists, else the original stream.
+
+    `visual_prompts` maps 1-indexed layers to prompt tokens `(n, W)` or `(B, n, W)`: appended after the
+    1 + N tokens before the first of these layers, replacing the trailing n tokens before the later
+    ones (METHODS.md §3.2). Prompt tokens are never part of the returned tokens.
+    """
+    last, taps, grid_size, _ = _vision_tower(
+        vision_model,
+        pixel_values,
+        tap_layers,
+        dense_attention,
+        dense_start_layer,
+        pos_embed_interpolation,
+        visual_prompts,
+        guided_attention=None,
+    )
+    return last, taps, grid_size
 
 
 def encode_image(
@@ -172,24 +259,41 @@ def encode_image(
     dense_start_layer: int | None = None,
     pos_embed_interpolation: str = "bicubic",
     global_post_layernorm: bool = True,
+    visual_prompts: Mapping[int, torch.Tensor] | None = None,
+    guided_attention: Mapping[int, torch.Tensor] | None = None,
+    project_patches: bool = True,
 ) -> VisionFeatures:
-    """Global embedding and projected patch embeddings at `feature_layers` in one vision pass."""
+    """Global embedding and patch embeddings at `feature_layers` in one vision pass.
+
+    Args (besides `vision_forward`'s):
+        global_post_layernorm: apply `post_layernorm` to the CLS token before the projection.
+        guided_attention: `{layer: A (B, N, N)}`: per layer, `W_O(A V)` of the patch tokens (see
+            `guided_attention_output`) in `VisionFeatures.guided_patch_embeds`.
+        project_patches: pass patch tokens through `post_layernorm` and the visual projection; False
+            returns the raw residual-stream tokens (AdaCLIP learns its own projections, §3.1).
+    """
     vision = clip.vision_model
-    last, taps, grid_size = vision_forward(
+    last, taps, grid_size, guided = _vision_tower(
         vision,
         pixel_values,
-        tap_layers=feature_layers,
-        dense_attention=dense_attention,
-        dense_start_layer=dense_start_layer,
-        pos_embed_interpolation=pos_embed_interpolation,
+        feature_layers,
+        dense_attention,
+        dense_start_layer,
+        pos_embed_interpolation,
+        visual_prompts,
+        guided_attention,
     )
     cls_token = last[:, 0]
     if global_post_layernorm:
         cls_token = vision.post_layernorm(cls_token)
-    patch_embeds = tuple(clip.visual_projection(vision.post_layernorm(taps[layer][:, 1:])) for layer in feature_layers)
+
+    def readout(tokens: torch.Tensor) -> torch.Tensor:
+        return clip.visual_projection(vision.post_layernorm(tokens)) if project_patches else tokens
+
     return VisionFeatures(
         global_embeds=clip.visual_projection(cls_token),
-        patch_embeds=patch_embeds,
+        patch_embeds=tuple(readout(taps[layer][:, 1:]) for layer in feature_layers),
         grid_size=grid_size,
         last_hidden_state=last,
+        guided_patch_embeds=tuple(readout(guided[layer]) for layer in sorted(guided)),
     )

@@ -1,0 +1,299 @@
+"""AdaCLIP (Cao et al., ECCV 2024; METHODS.md §3): hybrid learnable prompts for zero-shot anomaly detection.
+
+- A prompt-free pass of the frozen image encoder gives the global embedding e; static + dynamic prompts
+  (J = 4 layers, L = 5 tokens, dynamic part generated from e) enter both encoders (§3.2).
+- Dense features: raw residual-stream tokens of layers 6/12/18/24 (no dense attention), one learned
+  Linear per layer; global: a learned Linear on CLIP's pooled embedding of the prompted pass (§3.1).
+- Text: the class-aware ensemble (7 normal / 5 abnormal states x 4 templates) through the prompted text
+  encoder, once per image because the prompts depend on the image (so any batch size works).
+- Map: softmax of the layer-mean logits (x100), bilinear (align_corners=True), Gaussian sigma 4; image
+  score: hybrid semantic fusion of the top-patch K-means centroid with the global embedding (§3.3).
+- Loss: focal(image) + sum over layers of focal + dice_a + dice_n (§3.4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ...adapters.hybrid_prompts import HybridPrompts
+from ...adapters.projections import FeatureProjections
+from ...clip.text import TokenizedPrompts, encode_text
+from ...losses import focal_loss, segmentation_loss
+from ...modeling_base import AnomalyDetectionOutput, ZSADPreTrainedModel, _check_targets, _load_tokenizer
+from ...scoring import anomaly_maps_from_probabilities, upsample_patch_scores
+from ..zsad_clip.configuration_zsad_clip import ANOMALY_STATES, NORMAL_STATES
+from .configuration_adaclip import ADACLIP_TEMPLATES, AdaCLIPConfig
+
+ADACLIP_CITATION = """@inproceedings{cao2024adaclip,
+  title     = {AdaCLIP: Adapting CLIP with Hybrid Learnable Prompts for Zero-Shot Anomaly Detection},
+  author    = {Cao, Yunkang and Zhang, Jiangning and Frittoli, Luca and Cheng, Yuqi and Shen, Weiming and Boracchi, Giacomo},
+  booktitle = {European Conference on Computer Vision (ECCV)},
+  year      = {2024}
+}"""
+
+
+def prompt_ensemble(class_name: str) -> tuple[list[str], list[str]]:
+    """The 28 normal and 20 anomaly sentences of `class_name`: 7 / 5 states x 4 templates, state-major (§3.2)."""
+    return tuple(
+        [template.format(state.format(class_name)) for state in states for template in ADACLIP_TEMPLATES]
+        for states in (NORMAL_STATES, ANOMALY_STATES)
+    )
+
+
+NUM_NORMAL_SENTENCES = len(NORMAL_STATES) * len(ADACLIP_TEMPLATES)
+SENTENCES_PER_CLASS = NUM_NORMAL_SENTENCES + len(ANOMALY_STATES) * len(ADACLIP_TEMPLATES)
+
+
+def _squared_distances(points: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    # Pairwise differences rather than the matmul expansion: exact and independent of the batch.
+    return torch.cdist(points, centers, compute_mode="donot_use_mm_for_euclid_dist").square()
+
+
+def kmeans(points: torch.Tensor, num_clusters: int, iterations: int) -> torch.Tensor:
+    """Batched, deterministic K-means on the device: `(B, M, D)` points -> `(B, M)` cluster labels.
+
+    Farthest-point initialisation from the first point (AdaCLIP's HSF passes the patches sorted by
+    anomaly score, so the most anomalous patch seeds the first cluster), then a fixed number of Lloyd
+    iterations; a cluster that loses all its points keeps its previous center. No host synchronisation.
+    """
+    if not 1 <= num_clusters <= points.shape[1]:
+        raise ValueError(f"num_clusters must be within 1..{points.shape[1]} (the number of points); got {num_clusters}")
+    centers = points[:, :1]
+    nearest = _squared_distances(points, centers)[..., 0]
+    for _ in range(num_clusters - 1):
+        farthest = nearest.argmax(dim=1)
+        new_center = points.gather(1, farthest[:, None, None].expand(-1, 1, points.shape[-1]))
+        centers = torch.cat([centers, new_center], dim=1)
+        nearest = torch.minimum(nearest, _squared_distances(points, new_center)[..., 0])
+    for _ in range(iterations):
+        members = F.one_hot(_squared_distances(points, centers).argmin(dim=2), num_clusters).to(points.dtype)
+        counts = members.sum(dim=1).unsqueeze(-1)
+        sums = members.transpose(1, 2) @ points
+        centers = torch.where(counts > 0, sums / counts.clamp_min(1), centers)
+    return _squared_distances(points, centers).argmin(dim=2)
+
+
+def hybrid_semantic_fusion(
+    patch_features: list[torch.Tensor],
+    anomaly_probabilities: torch.Tensor,
+    global_features: torch.Tensor,
+    *,
+    num_clusters: int,
+    patches_per_cluster: int,
+    weight: float,
+    iterations: int,
+) -> torch.Tensor:
+    """AdaCLIP's HSF as implemented in the reference code (METHODS.md §3.3): `(B, D)` image embeddings.
+
+    The `num_clusters * patches_per_cluster` most anomalous patches (capped by the number of patches)
+    are clustered on their concatenated per-layer features; each cluster's centroid is the mean of its
+    member tokens over members and layers; the mean of the non-empty clusters' centroids, normalised,
+    is `c`, and the result is `normalise(weight * c + (1 - weight) * g')`.
+
+    Args:
+        patch_features: per layer, `(B, N, D)` L2-normalised projected patch features.
+        anomaly_probabilities: `(B, N)` patch anomaly probabilities (from the layer-mean logits).
+        global_features: `(B, D)` L2-normalised projected global embedding g'.
+    """
+    num_patches = anomaly_probabilities.shape[1]
+    num_selected = min(num_clusters * patches_per_cluster, num_patches)
+    num_clusters = min(num_clusters, num_selected)
+    top = anomaly_probabilities.topk(num_selected, dim=1).indices  # sorted: most anomalous first
+    layers = torch.stack(patch_features, dim=2)  # (B, N, layers, D)
+    selected = layers.gather(1, top[:, :, None, None].expand(-1, -1, *layers.shape[2:]))
+    labels = kmeans(selected.detach().flatten(2).float(), num_clusters, iterations)
+    members = F.one_hot(labels, num_clusters).to(selected.dtype)  # (B, M, K)
+    counts = members.sum(dim=1)
+    centroids = (members.transpose(1, 2) @ selected.mean(dim=2)) / counts.clamp_min(1).unsqueeze(-1)
+    present = (counts > 0).to(centroids.dtype)
+    centroid = (centroids * present.unsqueeze(-1)).sum(dim=1) / present.sum(dim=1, keepdim=True)
+    fused = weight * F.normalize(centroid, dim=-1) + (1.0 - weight) * global_features
+    return F.normalize(fused, dim=-1)
+
+
+class AdaCLIPModel(ZSADPreTrainedModel):
+    config_class = AdaCLIPConfig
+    card_info = {
+        "name": "AdaCLIP",
+        "tag": "adaclip",
+        "summary": "hybrid static + dynamic learnable prompts in both CLIP encoders, learned projections of "
+        "multi-layer patch tokens, a class-aware prompt ensemble and hybrid semantic fusion for the image score.",
+        "paper": "[AdaCLIP: Adapting CLIP with Hybrid Learnable Prompts for Zero-Shot Anomaly Detection]"
+        "(https://arxiv.org/abs/2407.15795), ECCV 2024",
+        "citation": ADACLIP_CITATION,
+        "training_data": "the test split of MVTec AD + ColonDB (-> VisA and others) or VisA + ClinicDB "
+        "(-> MVTec AD, ColonDB)",
+    }
+
+    class_aware = True
+
+    def __init__(self, config: AdaCLIPConfig):
+        super().__init__(config)
+        vision_width = config.clip_config.vision_config.hidden_size
+        text_config = config.clip_config.text_config
+        embed_dim = config.clip_config.projection_dim
+        depth, length = config.prompt_depth, config.prompt_length
+        self.vision_prompts = HybridPrompts(depth, length, vision_width, embed_dim)
+        # The static text tokens of layer 1 are never read (text prompts start at layer 2), as in the
+        # reference; they are kept so the parameter layout and count match it (METHODS.md §3.4).
+        self.text_prompts = HybridPrompts(depth, length, text_config.hidden_size, embed_dim)
+        self.projections = FeatureProjections(len(config.feature_layers), vision_width, embed_dim)
+        token_ids = None
+        if config.prompt_token_ids is not None:
+            token_ids = [sentence for sentences in config.prompt_token_ids for sentence in sentences]
+        self.prompt_tokens = TokenizedPrompts(token_ids, text_config.max_position_embeddings)
+        self.post_init()
+
+    @classmethod
+    def tokenize_prompts(cls, config: AdaCLIPConfig, tokenizer) -> None:
+        length = config.clip_config.text_config.max_position_embeddings
+        config.prompt_token_ids = []
+        for class_name in config.class_names:
+            normal, anomaly = prompt_ensemble(class_name)
+            ids = [list(t) for t in tokenizer(normal + anomaly, truncation=True, max_length=length)["input_ids"]]
+            if config.prompt_depth > 1 and min(map(len, ids)) <= config.prompt_length + 1:
+                raise ValueError(
+                    f"the text prompts overwrite positions 1..{config.prompt_length}, which would reach the "
+                    f"end-of-text token of a sentence for {class_name!r} that this tokenizer makes too short"
+                )
+            config.prompt_token_ids.append(ids)
+
+    def set_class_names(self, class_names: Sequence[str], tokenizer=None) -> None:
+        """Tokenize the class-aware prompt ensemble for `class_names` (AdaCLIP needs the category, §3.2).
+
+        `tokenizer` defaults to the backbone's, loaded from `config.backbone_name_or_path`.
+        """
+        if tokenizer is None:
+            tokenizer = _load_tokenizer(self.config.backbone_name_or_path)
+        config = type(self.config).from_dict({**self.config.to_dict(), "class_names": list(class_names)})
+        self.tokenize_prompts(config, tokenizer)
+        self.config.class_names, self.config.prompt_token_ids = config.class_names, config.prompt_token_ids
+        token_ids = [sentence for sentences in config.prompt_token_ids for sentence in sentences]
+        context_length = self.prompt_tokens.input_ids.shape[1]
+        self.prompt_tokens = TokenizedPrompts(token_ids, context_length).to(self.prompt_tokens.input_ids.device)
+
+    def class_indices(self, categories: str | Sequence[str] | None, batch_size: int) -> list[int]:
+        """Index into `config.class_names` of every image's category (one name for all images, or one each)."""
+        names = self.config.class_names
+        if categories is None:
+            if len(names) > 1:
+                raise ValueError(f"this AdaCLIP model has prompts for {names}: pass categories=[...] (one per image)")
+            return [0] * batch_size
+        if isinstance(categories, str):
+            categories = [categories] * batch_size
+        if len(categories) != batch_size:
+            raise ValueError(f"categories must name one class per image ({batch_size}); got {len(categories)}")
+        unknown = sorted(set(categories) - set(names))
+        if unknown:
+            raise ValueError(
+                f"no prompts for the categories {unknown}; this model knows {names} "
+                "(add them with model.set_class_names([...]))"
+            )
+        return [names.index(category) for category in categories]
+
+    def encode_prompt_ensemble(self, text_prompts: torch.Tensor, class_indices: Sequence[int]) -> torch.Tensor:
+        """`(B, 2, D)` normalised [normal, anomaly] text embeddings, one pair per image.
+
+        Every sentence of image b's class (`class_indices[b]`) runs with b's prompt tokens `(B, J, L, W)`
+        overwriting positions 1..L before text layers 2..J; per state group the normalised sentence
+        embeddings are averaged and re-normalised.
+        """
+        if not self.prompt_tokens.is_tokenized:
+            raise ValueError(
+                "this AdaCLIP model has no prompt token ids: build it with AdaCLIPModel.from_backbone(...) "
+                "or load a checkpoint with from_pretrained(...)"
+            )
+        tokens, batch = self.prompt_tokens, text_prompts.shape[0]
+        blocks = [slice(c * SENTENCES_PER_CLASS, (c + 1) * SENTENCES_PER_CLASS) for c in class_indices]
+        deep_prompts = {
+            layer: text_prompts[:, layer - 1].repeat_interleave(SENTENCES_PER_CLASS, dim=0)
+            for layer in range(2, text_prompts.shape[1] + 1)
+        }
+        sentences = encode_text(
+            self.clip,
+            torch.cat([tokens.input_ids[block, : tokens.max_length] for block in blocks]),
+            deep_prompts=deep_prompts,
+            pooling_positions=torch.cat([tokens.eos_positions[block] for block in blocks]),
+        )
+        sentences = F.normalize(sentences, dim=-1).view(batch, SENTENCES_PER_CLASS, -1)
+        normal, anomaly = sentences[:, :NUM_NORMAL_SENTENCES], sentences[:, NUM_NORMAL_SENTENCES:]
+        return F.normalize(torch.stack([normal.mean(dim=1), anomaly.mean(dim=1)], dim=1), dim=-1)
+
+    def compute_loss(self, image_logits, pixel_probabilities, labels, masks) -> torch.Tensor:
+        """Focal(image probabilities) + sum over layers of focal + dice_a + dice_n (METHODS.md §3.4)."""
+        loss = focal_loss(image_logits.softmax(dim=-1)[:, :, None, None], labels[:, None, None])
+        if masks is not None:
+            loss = loss + sum(segmentation_loss(p, masks) for p in pixel_probabilities)
+        return loss
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        masks: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        categories: str | Sequence[str] | None = None,
+    ) -> AnomalyDetectionOutput | tuple:
+        """Score images: HSF (or global) text probability -> `pred_scores`, layer-mean logits -> `anomaly_maps`.
+
+        `categories`: each image's class name (or one for all), among `config.class_names`; may be left
+        out when the model has a single class name.
+        """
+        cfg = self.config
+        size = tuple(pixel_values.shape[-2:])
+        class_indices = self.class_indices(categories, pixel_values.shape[0])
+        with torch.no_grad():  # the prompt-free pass that conditions the dynamic prompts (§3.2)
+            image_embeds = self.encode_image(pixel_values, feature_layers=()).global_embeds
+        vision_prompts = self.vision_prompts(image_embeds)
+        features = self.encode_image(
+            pixel_values,
+            visual_prompts={layer: vision_prompts[:, layer - 1] for layer in range(1, cfg.prompt_depth + 1)},
+            project_patches=False,
+        )
+        text = self.encode_prompt_ensemble(self.text_prompts(image_embeds), class_indices).to(features.global_embeds.dtype)
+        patch_features = [
+            F.normalize(projection(tokens), dim=-1)
+            for projection, tokens in zip(self.projections.patch, features.patch_embeds)
+        ]
+        global_features = F.normalize(self.projections.image(features.global_embeds), dim=-1)
+
+        scale = 1.0 / cfg.temperature
+        patch_logits = [scale * patches @ text.transpose(1, 2) for patches in patch_features]
+        mean_logits = torch.stack(patch_logits).mean(dim=0)
+        if cfg.hybrid_semantic_fusion:
+            image_features = hybrid_semantic_fusion(
+                patch_features,
+                mean_logits.softmax(dim=-1)[..., 1],
+                global_features,
+                num_clusters=cfg.hsf_num_clusters,
+                patches_per_cluster=cfg.hsf_patches_per_cluster,
+                weight=cfg.hsf_weight,
+                iterations=cfg.hsf_kmeans_iterations,
+            )
+        else:
+            image_features = global_features
+        image_logits = scale * (image_features.unsqueeze(1) @ text.transpose(1, 2)).squeeze(1)
+        mean_probabilities = upsample_patch_scores(mean_logits, features.grid_size, size, align_corners=True).softmax(dim=1)
+        anomaly_maps = anomaly_maps_from_probabilities([mean_probabilities], cfg.gaussian_sigma)
+
+        loss = None
+        if labels is not None or masks is not None:
+            masks, labels = _check_targets(masks, labels, pixel_values)
+            layer_probabilities = []
+            if masks is not None:  # training maps: softmax per layer, no averaging (§3.3)
+                layer_probabilities = [
+                    upsample_patch_scores(logits, features.grid_size, size, align_corners=True).softmax(dim=1) for logits in patch_logits
+                ]
+            loss = self.compute_loss(image_logits, layer_probabilities, labels, masks)
+
+        output = AnomalyDetectionOutput(
+            loss=loss,
+            pred_scores=image_logits.softmax(dim=-1)[:, 1],
+            anomaly_maps=anomaly_maps,
+            patch_logits=tuple(patch_logits),
+            image_logits=image_logits,
+        )
+        return output if return_dict is not False else output.to_tuple()

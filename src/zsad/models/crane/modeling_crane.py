@@ -1,0 +1,267 @@
+"""Crane and Crane+ (Salehi et al., arXiv 2504.11055; METHODS.md §5): context-guided prompt learning and
+attention refinement for zero-shot anomaly detection.
+
+- Dense features: E-Attn, the sum of the QQ, KK and VV self-correlations, on a dual path over the last
+  19/24 layers; patch tokens of the final dense stream (§5.1). Global embedding with `post_layernorm`.
+- Crane+: D-Attn, attention weights from the frozen DINOv2's patch similarities applied to the last
+  CLIP layer's values, as a second dense map (§5.1).
+- Prompts: AnomalyCLIP's object-agnostic learner (43,008 parameters), conditioned on the image by
+  inserting its normalised global embedding as a context token (§5.2).
+- Map: mean of the dense maps' probabilities (or softmax of their mean logits), Gaussian sigma 4; image
+  score: the score-pooled patch embedding fused with the global one (§5.3).
+- Loss: 2 * sum_maps (focal + dice on (1 - S_n + S_a) / 2) + 0.2 * CE(<g+, t> / 0.01) (§5.4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModel
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from ...adapters.prompt_learner import ObjectAgnosticPrompts
+from ...clip.processing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from ...clip.text import TokenizedPrompts, encode_text, insert_positions
+from ...losses import dice_loss, focal_loss
+from ...modeling_base import (
+    DEFAULT_BACKBONE,
+    AnomalyDetectionOutput,
+    ZSADPreTrainedModel,
+    _check_pixel_values,
+    _check_targets,
+    _first_line,
+)
+from ...scoring import anomaly_maps_from_probabilities, upsample_patch_scores
+from ..anomalyclip.modeling_anomalyclip import AnomalyCLIPModel
+from .configuration_crane import DEFAULT_DINO_BACKBONE, CraneConfig
+
+CRANE_CITATION = """@article{salehi2025crane,
+  title   = {Crane: Context-Guided Prompt Learning and Attention Refinement for Zero-Shot Anomaly Detection},
+  author  = {Salehi, Alireza and Salehi, Mohammadreza and Hosseini, Reshad and Snoek, Cees G. M. and
+             Yamada, Makoto and Sabokrou, Mohammad},
+  journal = {arXiv preprint arXiv:2504.11055},
+  year    = {2025}
+}"""
+
+# Per channel (scale, shift) taking CLIP-normalised pixels to ImageNet-normalised ones (DINOv2's input).
+CLIP_TO_IMAGENET = tuple(
+    (std / imagenet_std, (mean - imagenet_mean) / imagenet_std)
+    for mean, std, imagenet_mean, imagenet_std in zip(
+        OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    )
+)
+
+
+def dino_guided_attention(similarity: torch.Tensor, mean_scale: float = 1.2, sharpness: float = 3.0) -> torch.Tensor:
+    """Crane+'s D-Attn weights `(B, N, N)` from patch similarities `S (B, N, N)` (METHODS.md §5.1).
+
+    `S' = (S - mean_scale * mean(S)) * sharpness`; entries with `S' < 0` are masked out and each row is
+    softmax-normalised. Two deliberate differences from the reference:
+    - `mean(S)` is taken per image (the reference averages over the whole batch tensor, so an image's
+      map depended on the other images of its batch);
+    - each row keeps its maximum even when it is negative, so no row is all -inf (the reference gives
+      NaN rows once `mean(S) > 1 / mean_scale`); rows with a non-negative entry are unchanged.
+    """
+    mean = similarity.mean(dim=(-2, -1), keepdim=True)
+    scores = (similarity - mean_scale * mean) * sharpness
+    keep = (scores >= 0) | (scores == scores.amax(dim=-1, keepdim=True))
+    return scores.masked_fill(~keep, float("-inf")).softmax(dim=-1)
+
+
+class CraneModel(ZSADPreTrainedModel):
+    config_class = CraneConfig
+    _keys_to_ignore_on_load_missing = [r"^clip\.", r"^dino\."]
+
+    def __init__(self, config: CraneConfig):
+        super().__init__(config)
+        text_config = config.clip_config.text_config
+        self.prompt_learner = ObjectAgnosticPrompts(
+            num_context_tokens=config.num_context_tokens,
+            deep_prompt_length=config.deep_prompt_length,
+            deep_layers=config.deep_prompt_layers,
+            width=text_config.hidden_size,
+        )
+        self.prompt_tokens = TokenizedPrompts(config.prompt_token_ids, text_config.max_position_embeddings)
+        self.dino = AutoModel.from_config(config.dino_config) if config.dino_attention else None
+        if self.dino is not None:
+            self.dino.requires_grad_(False)
+        self.post_init()
+
+    @property
+    def card_info(self) -> dict[str, str]:
+        plus = self.config.dino_attention
+        return {
+            "name": "Crane+" if plus else "Crane",
+            "tag": "crane",
+            "summary": "AnomalyCLIP-style learnable prompts conditioned on the image's global embedding, "
+            "E-Attn (QQ+KK+VV) dense features"
+            + (" plus DINOv2-guided attention at the last layer" if plus else "")
+            + ", and score-based pooling of patch features for the image score.",
+            "paper": "[Crane: Context-Guided Prompt Learning and Attention Refinement for Zero-Shot Anomaly "
+            "Detection](https://arxiv.org/abs/2504.11055), arXiv 2025",
+            "citation": CRANE_CITATION,
+            "training_data": "the test split of an auxiliary dataset (MVTec AD -> evaluate elsewhere; VisA -> MVTec AD)",
+        }
+
+    # ------------------------------------------------------------------ backbones and prompts
+    def extra_backbones(self) -> dict[str, str]:
+        return {"dino": self.config.dino_backbone_name_or_path} if self.dino is not None else {}
+
+    @classmethod
+    def from_backbone(
+        cls,
+        backbone_name_or_path: str | os.PathLike = DEFAULT_BACKBONE,
+        *,
+        dtype: torch.dtype | None = None,
+        **config_kwargs: Any,
+    ) -> CraneModel:
+        """`ZSADPreTrainedModel.from_backbone`; for Crane+ (`dino_attention=True`) the DINOv2 architecture
+        and weights come from `dino_backbone_name_or_path` unless `dino_config` is given."""
+        if config_kwargs.get("dino_attention") and config_kwargs.get("dino_config") is None:
+            dino_id = os.fspath(config_kwargs.get("dino_backbone_name_or_path", DEFAULT_DINO_BACKBONE))
+            try:
+                dino_config = AutoConfig.from_pretrained(dino_id)
+            except (OSError, ValueError) as error:
+                raise OSError(f"cannot load the DINOv2 backbone {dino_id!r} ({_first_line(error)})") from error
+            config_kwargs.update(dino_backbone_name_or_path=dino_id, dino_config=dino_config.to_dict())
+        return super().from_backbone(backbone_name_or_path, dtype=dtype, **config_kwargs)
+
+    @classmethod
+    def tokenize_prompts(cls, config: CraneConfig, tokenizer) -> None:
+        """AnomalyCLIP's two templates (§5.2: its prompt learner, unchanged)."""
+        AnomalyCLIPModel.tokenize_prompts(config, tokenizer)
+        context_length = config.clip_config.text_config.max_position_embeddings
+        if config.prompt_conditioning != "never" and max(map(len, config.prompt_token_ids)) >= context_length:
+            raise ValueError(
+                f"a prompt fills the text encoder's {context_length} positions: no room for the conditioning token"
+            )
+
+    @property
+    def conditions_prompts(self) -> bool:
+        """Whether this forward inserts the image token (`config.prompt_conditioning`, train/eval mode)."""
+        mode = self.config.prompt_conditioning
+        return mode == "always" or (mode == "train" and self.training)
+
+    def compute_text_features(self, image_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """`(2, D)` static [normal, anomaly] text embeddings, or `(B, 2, D)` with each image's normalised
+        global embedding `image_embeds (B, P)` inserted after the context tokens (§5.2)."""
+        tokens = self.prompt_tokens
+        if not tokens.is_tokenized:
+            raise ValueError(
+                "this Crane model has no prompt token ids: build it with CraneModel.from_backbone(...) "
+                "or load a checkpoint with from_pretrained(...)"
+            )
+        ids = tokens.input_ids[:, : tokens.max_length]
+        embeds = self.prompt_learner.prompt_embeddings(self.clip.text_model.embeddings.token_embedding(ids))
+        pooling_positions = tokens.eos_positions
+        if image_embeds is not None:
+            batch = image_embeds.shape[0]
+            image_token = F.normalize(image_embeds, dim=-1).repeat_interleave(2, dim=0).unsqueeze(1)
+            embeds = insert_positions(embeds.repeat(batch, 1, 1), image_token, 1 + self.prompt_learner.num_context_tokens)
+            pooling_positions = (pooling_positions + 1).repeat(batch)
+        text = encode_text(
+            self.clip,
+            None,
+            inputs_embeds=embeds,
+            deep_prompts=self.prompt_learner.deep_prompts(),
+            pooling_positions=pooling_positions,
+        )
+        text = F.normalize(text, dim=-1)
+        return text if image_embeds is None else text.view(batch, 2, -1)
+
+    # ------------------------------------------------------------------ Crane+ guided attention
+    def dino_attention_weights(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`(B, N, N)` D-Attn weights from the frozen DINOv2's last-layer patch features (§5.1).
+
+        The CLIP-normalised pixels are re-normalised to ImageNet statistics; CLS and register tokens are
+        dropped; `S` is the cosine similarity of the patch features.
+        """
+        if self.dino is None:
+            raise ValueError("this Crane model has no DINOv2 backbone: set dino_attention=True (Crane+)")
+        pixels = torch.stack(
+            [pixel_values[:, c] * scale + shift for c, (scale, shift) in enumerate(CLIP_TO_IMAGENET)], dim=1
+        )
+        hidden = self.dino(pixel_values=pixels.to(self.dino.dtype)).last_hidden_state
+        prefix = 1 + getattr(self.dino.config, "num_register_tokens", 0)
+        patches = F.normalize(hidden[:, prefix:].float(), dim=-1)
+        similarity = patches @ patches.transpose(1, 2)
+        return dino_guided_attention(similarity, self.config.dino_mean_scale, self.config.dino_sharpness)
+
+    # ------------------------------------------------------------------ forward
+    def compute_loss(self, image_logits, pixel_probabilities, labels, masks) -> torch.Tensor:
+        """`w * sum_maps [focal(S) + dice((1 - S_n + S_a) / 2)] + 0.2 * CE(<g+, t> / 0.01)` (§5.4)."""
+        cfg = self.config
+        similarity_logits = image_logits * (cfg.temperature / cfg.image_loss_temperature)
+        loss = cfg.image_loss_weight * F.cross_entropy(similarity_logits, labels)
+        if masks is not None:
+            for p in pixel_probabilities:
+                combined = (1.0 - p[:, 0] + p[:, 1]) / 2
+                loss = loss + cfg.local_loss_weight * (focal_loss(p, masks) + dice_loss(combined, masks))
+        return loss
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        masks: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        categories: str | Sequence[str] | None = None,
+    ) -> AnomalyDetectionOutput | tuple:
+        """Score images: score-pooled text probability -> `pred_scores`, dense maps -> `anomaly_maps`.
+
+        Crane is object-agnostic: `categories` is accepted for a uniform interface and ignored.
+        """
+        cfg = self.config
+        _check_pixel_values(pixel_values, cfg.clip_config.vision_config.patch_size)
+        size = tuple(pixel_values.shape[-2:])
+        with torch.no_grad():
+            guided = {cfg.vision_depth: self.dino_attention_weights(pixel_values)} if self.dino is not None else None
+            features = self.encode_image(pixel_values, guided_attention=guided)
+        dense_features = [F.normalize(f, dim=-1) for f in (*features.patch_embeds, *features.guided_patch_embeds)]
+        global_features = F.normalize(features.global_embeds, dim=-1)
+        if self.conditions_prompts:
+            text = self.compute_text_features(features.global_embeds)
+        else:
+            text = self.text_features().expand(pixel_values.shape[0], -1, -1)
+        text = text.to(global_features.dtype)
+
+        patch_logits = [f @ text.transpose(1, 2) / cfg.temperature for f in dense_features]
+        mean_logits = torch.stack(patch_logits).mean(dim=0)
+        # Score-based pooling (§5.3): patch features weighted by their anomaly probability.
+        weights = mean_logits.softmax(dim=-1)[..., 1:]
+        pooled = F.normalize((weights * torch.stack(dense_features).mean(dim=0)).sum(dim=1), dim=-1)
+        fused = F.normalize(cfg.fusion_weight * pooled + (1.0 - cfg.fusion_weight) * global_features, dim=-1)
+        image_logits = (fused.unsqueeze(1) @ text.transpose(1, 2)).squeeze(1) / cfg.temperature
+
+        if cfg.soft_mean:
+            map_probabilities = [logits.softmax(dim=-1) for logits in patch_logits]
+        else:
+            map_probabilities = [mean_logits.softmax(dim=-1)]
+        anomaly_maps = anomaly_maps_from_probabilities(
+            [upsample_patch_scores(p, features.grid_size, size) for p in map_probabilities], cfg.gaussian_sigma
+        )
+
+        loss = None
+        if labels is not None or masks is not None:
+            masks, labels = _check_targets(masks, labels, pixel_values)
+            loss_probabilities = []
+            if masks is not None:
+                loss_probabilities = [
+                    upsample_patch_scores(logits.softmax(dim=-1), features.grid_size, size, cfg.loss_upsample_mode)
+                    for logits in patch_logits
+                ]
+            loss = self.compute_loss(image_logits, loss_probabilities, labels, masks)
+
+        output = AnomalyDetectionOutput(
+            loss=loss,
+            pred_scores=image_logits.softmax(dim=-1)[:, 1],
+            anomaly_maps=anomaly_maps,
+            patch_logits=tuple(patch_logits),
+            image_logits=image_logits,
+        )
+        return output if return_dict is not False else output.to_tuple()
