@@ -12,6 +12,8 @@ import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from .data.cli import register_convert_command
+
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 DEFAULT_BACKBONE = "openai/clip-vit-large-patch14-336"
 
@@ -171,10 +173,53 @@ def add_detect_command(subparsers) -> None:
     parser.set_defaults(func=run_detect)
 
 
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .data import DataError
+    from .evaluation import evaluate_datasets
+
+    model = load_detector(args.model, args.backbone, args.object_name)
+    model = model.to(resolve_device(args.device)).eval()
+    try:
+        evaluate_datasets(
+            model, args.datasets, output_dir=args.out, split=args.split, categories=args.categories,
+            image_size=args.image_size, batch_size=args.batch_size, aupro_mode=args.aupro,
+            report_cflow=args.report_cflow, heatmaps_per_category=args.heatmaps_per_category,
+            model_name=args.model or "ZeroShotCLIP",
+        )
+    except DataError as error:
+        raise CommandError(str(error)) from error
+    return 0
+
+
+def add_evaluate_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="per-category metrics of a model on datasets",
+        description="Image AUROC/AP/F1-max and pixel AUROC/AP/F1-max/AUPRO per category, with macro averages. "
+        "For several processes use `accelerate launch examples/evaluate.py`.",
+    )
+    parser.add_argument("datasets", nargs="+", help="converted folders, parquet, imagefolder or Hub ids")
+    parser.add_argument("--model", help="zsad checkpoint (default: training-free ZeroShotCLIP)")
+    parser.add_argument("--backbone", help="CLIP backbone for ZeroShotCLIP, or a mirror of the checkpoint's backbone")
+    parser.add_argument("--object-name", help="object word in ZeroShotCLIP's prompts")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--categories", nargs="+")
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--aupro", choices=["exact", "binned", "cflow"], default="exact")
+    parser.add_argument("--report-cflow", action="store_true", help="also report the paper-comparable cflow AUPRO")
+    parser.add_argument("--heatmaps-per-category", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default="zsad_eval", help="output folder (default: zsad_eval)")
+    parser.set_defaults(func=run_evaluate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zsad", description="Zero-shot anomaly detection with CLIP.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_detect_command(subparsers)
+    add_evaluate_command(subparsers)
+    register_convert_command(subparsers)
     return parser
 
 

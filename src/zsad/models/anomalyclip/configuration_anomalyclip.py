@@ -23,6 +23,11 @@ class AnomalyCLIPConfig(ZSADConfig):
 
     model_type = "zsad_anomalyclip"
     default_feature_fractions: ClassVar[tuple[float, ...]] = (1.0,)
+    # METHODS.md §2.5: Adam lr 1e-3, betas (0.5, 0.999), batch 8, 15 epochs, seed 111.
+    training_defaults: ClassVar[dict | None] = {
+        "optimizer": "adam", "learning_rate": 1e-3, "betas": (0.5, 0.999), "weight_decay": 0.0,
+        "batch_size": 8, "num_epochs": 15, "seed": 111,
+    }
 
     dense_attention: str | None = "vv"
     global_post_layernorm: bool = False

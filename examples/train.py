@@ -1,0 +1,199 @@
+#!/usr/bin/env python
+"""Train a zsad method's adapters with Accelerate (frozen CLIP; METHODS.md training rows).
+
+    accelerate launch examples/train.py --method anomalyclip --dataset data/visa --output_dir out/anomalyclip-visa
+
+The dataset is anything `zsad.data.load_anomaly_dataset` reads (a folder written by `zsad convert`, parquet,
+imagefolder, `save_to_disk`, a Hub id). ZSAD trains on the *test* split of an auxiliary dataset, so
+`--split test` is the default. Hyperparameters default to the method's reference values.
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+import warnings
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from zsad.clip.processing import ZSADImageProcessor
+from zsad.data import collate_fn, load_anomaly_dataset, with_anomaly_transform
+from zsad.hub.model_card import write_model_card
+from zsad.training import (
+    EpochShuffleSampler,
+    build_optimizer,
+    get_model_class,
+    model_inputs,
+    register_adapter_checkpointing,
+    trainable_methods,
+    warn_if_image_level_only,
+)
+
+logger = get_logger(__name__)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     fromfile_prefix_chars="@")
+    parser.add_argument("--method", required=True, help=f"one of: {', '.join(trainable_methods())}")
+    parser.add_argument("--backbone", default="openai/clip-vit-large-patch14-336", help="CLIP id or folder")
+    parser.add_argument("--dataset", required=True, help="training data: converted folder, parquet, imagefolder, Hub id")
+    parser.add_argument("--split", default="test", help="split to train on (ZSAD protocol: the test split)")
+    parser.add_argument("--categories", nargs="+", help="train on these categories only")
+    parser.add_argument("--image_size", type=int, help="input size (default: the model's, 518 on ViT-L/14)")
+    parser.add_argument("--train_batch_size", type=int, help="per device (default: the method's)")
+    parser.add_argument("--learning_rate", type=float, help="default: the method's")
+    parser.add_argument("--num_train_epochs", type=int, help="default: the method's")
+    parser.add_argument("--max_train_steps", type=int, help="overrides --num_train_epochs")
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], help="default: accelerate config")
+    parser.add_argument("--checkpointing_steps", type=int, default=500, help="save_state every N optimizer steps")
+    parser.add_argument("--checkpoints_total_limit", type=int, help="keep only the N most recent checkpoints")
+    parser.add_argument("--resume_from_checkpoint", help="a checkpoint folder, or 'latest'")
+    parser.add_argument("--report_to", help="tensorboard, wandb, ... (optional)")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--seed", type=int, help="default: the method's (111)")
+    parser.add_argument("--dataloader_num_workers", type=int, default=0)
+    parser.add_argument("--push_to_hub", action="store_true")
+    parser.add_argument("--hub_model_id", help="org/name for --push_to_hub")
+    parser.add_argument("--hub_token", help="defaults to the logged-in token")
+    args = parser.parse_args(argv)
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id")
+    try:
+        args.model_class = get_model_class(args.method)
+    except ValueError as error:
+        parser.error(str(error))
+    defaults = args.model_class.config_class.training_defaults
+    args.train_batch_size = args.train_batch_size or defaults["batch_size"]
+    args.num_train_epochs = args.num_train_epochs or defaults["num_epochs"]
+    args.seed = defaults["seed"] if args.seed is None else args.seed
+    return args
+
+
+def checkpoint_step(path):
+    return int(os.path.basename(os.path.normpath(path)).rsplit("_", 1)[-1])
+
+
+def resolve_resume(args, checkpoints_dir):
+    if args.resume_from_checkpoint != "latest":
+        if not os.path.isdir(args.resume_from_checkpoint):
+            raise SystemExit(f"train.py: error: checkpoint folder not found: {args.resume_from_checkpoint}")
+        return args.resume_from_checkpoint
+    found = [os.path.join(checkpoints_dir, d) for d in os.listdir(checkpoints_dir)] if os.path.isdir(checkpoints_dir) else []
+    if not found:
+        raise SystemExit(f"train.py: error: --resume_from_checkpoint latest: no checkpoint in {checkpoints_dir}")
+    return max(found, key=checkpoint_step)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    checkpoints_dir = os.path.join(args.output_dir, "checkpoints")
+    os.makedirs(args.output_dir, exist_ok=True)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=args.report_to,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, automatic_checkpoint_naming=True,
+                                            total_limit=args.checkpoints_total_limit),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(args.seed)
+
+    # Data: one schema, preprocessed lazily; the order is a function of (seed, epoch) only.
+    with accelerator.main_process_first():
+        dataset = load_anomaly_dataset(args.dataset, split=args.split, categories=args.categories)
+    warn_if_image_level_only(dataset)
+
+    # Model: frozen CLIP + fresh adapters. Only the adapters reach the optimizer.
+    config_kwargs = {"image_size": args.image_size} if args.image_size else {}
+    if args.model_class.class_aware:  # prompts name each image's category (AdaCLIP)
+        config_kwargs["class_names"] = sorted(set(dataset["category"]))
+    model = args.model_class.from_backbone(args.backbone, **config_kwargs)
+    optimizer = build_optimizer(model, learning_rate=args.learning_rate)
+    logger.info(f"{args.method}: {model.num_trainable_parameters():,} trainable parameters on {args.backbone}")
+    dataset = with_anomaly_transform(dataset, ZSADImageProcessor(image_size=model.config.image_size))
+    sampler = EpochShuffleSampler(len(dataset), seed=args.seed)
+    dataloader = DataLoader(dataset, batch_size=args.train_batch_size, sampler=sampler, collate_fn=collate_fn,
+                            num_workers=args.dataloader_num_workers, drop_last=False)
+
+    model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
+    register_adapter_checkpointing(accelerator)
+    steps_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
+    max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    num_epochs = math.ceil(max_train_steps / steps_per_epoch)
+    if accelerator.is_main_process:
+        accelerator.init_trackers("zsad", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+
+    global_step, first_epoch, skip_batches = 0, 0, 0
+    if args.resume_from_checkpoint:
+        path = resolve_resume(args, checkpoints_dir)
+        accelerator.print(f"resuming from {path}")
+        accelerator.load_state(path)
+        # Checkpoint folders are numbered by save; the step count is stored beside the state.
+        with open(os.path.join(path, "zsad_training_state.json")) as handle:
+            global_step = json.load(handle)["global_step"]
+        accelerator.project_configuration.iteration = checkpoint_step(path) + 1
+        first_epoch, done_in_epoch = divmod(global_step, steps_per_epoch)
+        skip_batches = done_in_epoch * args.gradient_accumulation_steps
+
+    progress = tqdm(total=max_train_steps, initial=global_step, desc="train", disable=not accelerator.is_local_main_process)
+    model.train()
+    for epoch in range(first_epoch, num_epochs):
+        # Accelerate's loaders pass their own epoch counter to the sampler: set it on the loader itself,
+        # also on the fresh loader `skip_first_batches` returns when resuming mid-epoch.
+        batches = accelerator.skip_first_batches(dataloader, skip_batches) if skip_batches else dataloader
+        batches.set_epoch(epoch)
+        skip_batches = 0
+        for batch in batches:
+            with accelerator.accumulate(model):
+                loss = model(**model_inputs(batch, with_targets=True)).loss
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch)
+            accelerator.log({"train/loss": loss.item(), "train/epoch": epoch}, step=global_step)
+            if accelerator.is_main_process:  # a plain record beside any tracker
+                with open(os.path.join(args.output_dir, "train_log.jsonl"), "a") as handle:
+                    handle.write(json.dumps({"step": global_step, "epoch": epoch, "loss": loss.item()}) + "\n")
+            if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps:
+                saved = accelerator.save_state()
+                if accelerator.is_main_process:
+                    with open(os.path.join(saved, "zsad_training_state.json"), "w") as handle:
+                        json.dump({"global_step": global_step, "epoch": epoch}, handle)
+            if global_step >= max_train_steps:
+                break
+        if global_step >= max_train_steps:
+            break
+    progress.close()
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(model)
+        final.save_pretrained(args.output_dir)  # adapter-only: config + adapters + shim
+        training_data = f"{args.dataset} (split {args.split}{', categories ' + ' '.join(args.categories) if args.categories else ''})"
+        write_model_card(final, args.output_dir, overwrite=True, repo_id=args.hub_model_id, training_data=training_data)
+        accelerator.print(f"saved the trained adapters to {args.output_dir}")
+        if args.push_to_hub:
+            from zsad.hub.push import push_folder
+
+            url = push_folder(args.output_dir, args.hub_model_id, token=args.hub_token,
+                              commit_message=f"zsad {args.method} trained on {args.dataset}")
+            accelerator.print(f"pushed to {url}")
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        main()

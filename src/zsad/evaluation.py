@@ -1,0 +1,153 @@
+"""Evaluation over `zsad.data` batches with the mergeable metric accumulators (per category + macro).
+
+Used by `examples/evaluate.py` (any number of Accelerate processes) and `zsad evaluate`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .metrics import AnomalyMetrics, format_markdown
+from .training import model_inputs
+
+
+@torch.inference_mode()
+def evaluate_model(
+    model,
+    dataloader: Iterable[dict[str, Any]],
+    *,
+    metrics: AnomalyMetrics | None = None,
+    accelerator=None,
+    heatmap_dir: str | os.PathLike | None = None,
+    max_heatmaps_per_category: int = 0,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Run `model` over `dataloader` and return `AnomalyMetrics.compute()` of all processes together.
+
+    With an `accelerator`, the dataloader must be prepared by it (use `even_batches=False`) and the
+    accumulators of all processes are merged; every process gets the same results. Heat-map overlays
+    of the first `max_heatmaps_per_category` images of each category go to `heatmap_dir` (main process).
+    """
+    from tqdm.auto import tqdm
+
+    metrics = metrics if metrics is not None else AnomalyMetrics()
+    main_process = accelerator is None or accelerator.is_main_process
+    saved: dict[str, int] = {}
+    model.eval()
+    for batch in tqdm(dataloader, desc="evaluate", unit="batch", disable=not (show_progress and main_process)):
+        output = model(**model_inputs(batch, with_targets=False))
+        metrics.update(output, batch)
+        if heatmap_dir is not None and max_heatmaps_per_category > 0:
+            _save_heatmaps(batch, output, Path(heatmap_dir), saved, max_heatmaps_per_category)
+    if accelerator is not None:
+        metrics = metrics.gather(accelerator)
+    return metrics.compute()
+
+
+def _save_heatmaps(batch, output, folder: Path, saved: dict[str, int], limit: int) -> None:
+    """Overlay of the anomaly map on the de-normalised input, per category up to `limit` images."""
+    from .clip.processing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    from .visualize import overlay_anomaly_map
+    from PIL import Image
+
+    mean = torch.tensor(OPENAI_CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(OPENAI_CLIP_STD).view(3, 1, 1)
+    for index, category in enumerate(batch["categories"]):
+        if saved.get(category, 0) >= limit:
+            continue
+        pixels = batch["pixel_values"][index].float().cpu() * std + mean
+        image = Image.fromarray((pixels.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
+        label = "anomaly" if int(batch["labels"][index]) == 1 else "normal"
+        name = batch.get("image_ids", [""] * len(batch["categories"]))[index] or f"{saved.get(category, 0):03d}"
+        target = folder / category / f"{label}_{Path(name).stem}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        overlay_anomaly_map(image, output.anomaly_maps[index]).save(target)
+        saved[category] = saved.get(category, 0) + 1
+
+
+def write_report(results: dict[str, Any], output_dir: str | os.PathLike, *, title: str, extra: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """Write `metrics.json` and `metrics.md` (per-category table + macro average) into `output_dir`."""
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path = folder / "metrics.json"
+    payload = _json_ready({"title": title, **(extra or {}), **results})
+    json_path.write_text(json.dumps(payload, indent=2, allow_nan=False), encoding="utf-8")
+    markdown_path = folder / "metrics.md"
+    markdown_path.write_text(f"# {title}\n\n{format_markdown(results)}\n", encoding="utf-8")
+    return json_path, markdown_path
+
+
+def _json_ready(value):
+    """NaN (undefined metric) -> null, recursively; JSON has no NaN."""
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def evaluate_datasets(
+    model,
+    sources: list[str],
+    *,
+    output_dir: str | os.PathLike,
+    split: str | None = "test",
+    categories: list[str] | None = None,
+    image_size: int | None = None,
+    batch_size: int = 8,
+    aupro_mode: str = "exact",
+    report_cflow: bool = False,
+    heatmaps_per_category: int = 0,
+    accelerator=None,
+    model_name: str | None = None,
+    log=print,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate `model` on every dataset in `sources`; write `<output_dir>/<name>/metrics.{json,md}`.
+
+    Class-aware models (AdaCLIP) get prompts for every category of the datasets first. With an
+    `accelerator`, the model and each dataloader are prepared here and the metrics of all processes
+    are merged. Returns `{source: results}`.
+    """
+    from torch.utils.data import DataLoader
+
+    from .clip.processing import ZSADImageProcessor
+    from .data import collate_fn, load_anomaly_dataset, with_anomaly_transform
+
+    datasets = {source: load_anomaly_dataset(source, split=split, categories=categories) for source in sources}
+    if model.class_aware:
+        model.set_class_names(sorted({name for ds in datasets.values() for name in ds["category"]}))
+    processor = ZSADImageProcessor(image_size=image_size or model.config.image_size)
+    model_name = model_name or type(model).__name__
+    main_process = accelerator is None or accelerator.is_main_process
+    if accelerator is not None:
+        model = accelerator.prepare(model)
+    all_results = {}
+    for source, dataset in datasets.items():
+        dataloader = DataLoader(with_anomaly_transform(dataset, processor), batch_size=batch_size, collate_fn=collate_fn)
+        if accelerator is not None:
+            dataloader = accelerator.prepare(dataloader)
+        folder = Path(output_dir) / (Path(source).name or source.replace("/", "__"))
+        results = evaluate_model(
+            model,
+            dataloader,
+            metrics=AnomalyMetrics(aupro_mode, report_cflow=report_cflow, undefined="nan"),
+            accelerator=accelerator,
+            heatmap_dir=folder / "heatmaps" if main_process else None,
+            max_heatmaps_per_category=heatmaps_per_category,
+        )
+        if main_process:
+            title = f"{model_name} on {source}" + (f" ({split})" if split else "")
+            extra = {"model": model_name, "dataset": source, "split": split, "aupro_mode": aupro_mode}
+            json_path, markdown_path = write_report(results, folder, title=title, extra=extra)
+            log(markdown_path.read_text(encoding="utf-8"))
+            log(f"wrote {json_path} and {markdown_path}")
+        all_results[source] = results
+    return all_results

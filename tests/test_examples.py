@@ -1,0 +1,123 @@
+"""`accelerate launch examples/train.py` / `examples/evaluate.py` in subprocesses (diffusers' pattern)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from zsad.data import make_synthetic_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def launch(tmp_path_factory):
+    from accelerate.utils import write_basic_config
+
+    config = tmp_path_factory.mktemp("accelerate") / "default_config.yaml"
+    write_basic_config(mixed_precision="no", save_location=str(config))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "HF_HOME": str(tmp_path_factory.mktemp("hf-home"))}
+
+    def run(script, *args, num_processes=1, check=True):
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--cpu",
+                   "--num_processes", str(num_processes), str(ROOT / "examples" / script), *map(str, args)]
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+        return result
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def synthetic_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    make_synthetic_dataset(6, 6, size=32, textures=["grid"], seed=0).save_to_disk(str(folder / "grid"))
+    image_only = make_synthetic_dataset(4, 4, size=32, textures=["dots"], seed=1).remove_columns(["mask"])
+    image_only.save_to_disk(str(folder / "image_only"))
+    return folder
+
+
+def _train_args(backbone, data, out, steps):
+    return ["--method", "anomalyclip", "--backbone", backbone, "--dataset", data, "--image_size", 32,
+            "--train_batch_size", 4, "--max_train_steps", steps, "--checkpointing_steps", 2, "--output_dir", out]
+
+
+def _adapters(folder):
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+def test_train_resume_equals_uninterrupted(launch, tiny_backbone, synthetic_data, tmp_path):
+    data = synthetic_data / "grid"  # 12 images, batch 4: 3 steps per epoch, so 5 steps cross an epoch
+    launch("train.py", *_train_args(tiny_backbone, data, tmp_path / "full", 5))
+    launch("train.py", *_train_args(tiny_backbone, data, tmp_path / "resumed", 2))
+    first = _adapters(tmp_path / "resumed")
+    launch("train.py", *_train_args(tiny_backbone, data, tmp_path / "resumed", 5), "--resume_from_checkpoint", "latest")
+
+    full, resumed = _adapters(tmp_path / "full"), _adapters(tmp_path / "resumed")
+    assert set(full) == {"prompt_learner.context", "prompt_learner.deep_tokens"}
+    for name in full:
+        assert (full[name] == resumed[name]).all(), name
+        assert not (first[name] == full[name]).all()  # the resumed run really trained further
+    checkpoints = sorted((tmp_path / "full" / "checkpoints").iterdir())
+    assert [c.name for c in checkpoints] == ["checkpoint_0", "checkpoint_1", "checkpoint_2"]
+    for checkpoint in checkpoints:
+        for weights in checkpoint.glob("*.safetensors"):
+            with safe_open(weights, "pt") as handle:
+                assert not any(key.startswith("clip.") for key in handle.keys())
+        assert not (checkpoint / "model.safetensors").exists()
+        assert all(f.stat().st_size < 100_000 for f in checkpoint.iterdir())  # no backbone anywhere
+    assert json.loads((checkpoints[-1] / "zsad_training_state.json").read_text())["global_step"] == 5
+    card = (tmp_path / "full" / "README.md").read_text()
+    assert "Trainable parameters:** 896" in card and str(data) in card
+
+
+def test_training_bad_inputs(launch, tiny_backbone, synthetic_data, tmp_path):
+    unknown = launch("train.py", *_train_args(tiny_backbone, synthetic_data / "grid", tmp_path / "x", 1)[2:], "--method", "nope", check=False)
+    assert unknown.returncode != 0 and "unknown method 'nope'" in unknown.stderr
+    free = launch("train.py", *_train_args(tiny_backbone, synthetic_data / "grid", tmp_path / "x", 1)[2:], "--method", "zsad_clip", check=False)
+    assert free.returncode != 0 and "training-free" in free.stderr
+    resume = launch("train.py", *_train_args(tiny_backbone, synthetic_data / "grid", tmp_path / "y", 1), "--resume_from_checkpoint", "latest", check=False)
+    assert resume.returncode != 0 and "no checkpoint in" in resume.stderr
+    category = launch("train.py", *_train_args(tiny_backbone, synthetic_data / "grid", tmp_path / "z", 1), "--categories", "bottle", check=False)
+    assert category.returncode != 0 and "bottle" in category.stderr
+
+
+def test_training_without_masks_uses_the_image_loss(launch, tiny_backbone, synthetic_data, tmp_path):
+    result = launch("train.py", *_train_args(tiny_backbone, synthetic_data / "image_only", tmp_path / "out", 2))
+    assert "image-level loss only" in result.stderr
+    assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_evaluate_two_processes_equal_one(launch, tiny_backbone, synthetic_data, tmp_path):
+    launch("train.py", *_train_args(tiny_backbone, synthetic_data / "grid", tmp_path / "model", 2))
+    args = ["--model", tmp_path / "model", "--datasets", synthetic_data / "grid", "--batch_size", 5, "--report_cflow"]
+    launch("evaluate.py", *args, "--output_dir", tmp_path / "one", num_processes=1)
+    launch("evaluate.py", *args, "--output_dir", tmp_path / "two", "--heatmaps_per_category", 2, num_processes=2)
+    one = json.loads((tmp_path / "one" / "grid" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "grid" / "metrics.json").read_text())
+    assert one["per_category"] == two["per_category"] and one["macro"] == two["macro"]
+    assert one["counts"]["texture_grid"]["images"] == 12
+    assert set(one["macro"]) >= {"image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro"}
+    assert "| **mean** |" in (tmp_path / "two" / "grid" / "metrics.md").read_text()
+    assert len(list((tmp_path / "two" / "grid" / "heatmaps" / "texture_grid").iterdir())) == 2
+
+
+@pytest.mark.parametrize("method", ["adaclip", "crane"])
+def test_other_methods_train_and_evaluate_through_the_scripts(launch, tiny_backbone, synthetic_data, tmp_path, method):
+    args = _train_args(tiny_backbone, synthetic_data / "grid", tmp_path / "model", 15)
+    args[args.index("anomalyclip")] = method
+    launch("train.py", *args)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "model" / "train_log.jsonl").read_text().splitlines()]
+    assert len(losses) == 15 and sum(losses[-3:]) < sum(losses[:3]), losses
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["model_type"] == f"zsad_{method}"
+    launch("evaluate.py", "--model", tmp_path / "model", "--datasets", synthetic_data / "grid", "--output_dir", tmp_path / "eval")
+    results = json.loads((tmp_path / "eval" / "grid" / "metrics.json").read_text())
+    assert 0.0 <= results["macro"]["pixel_auroc"] <= 1.0 and results["counts"]["texture_grid"]["images"] == 12
