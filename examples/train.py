@@ -15,7 +15,6 @@ import math
 import os
 import warnings
 
-import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed

@@ -16,7 +16,7 @@ from zsad.losses import dice_loss, focal_loss
 from zsad.models.adaclip.modeling_adaclip import hybrid_semantic_fusion, kmeans
 from zsad.models.zsad_clip.configuration_zsad_clip import ANOMALY_STATES, NORMAL_STATES
 from zsad.scoring import gaussian_blur
-from zsad.testing import save_tiny_backbone, tiny_clip_config
+from zsad.testing import optimizer_steps, save_tiny_backbone, tiny_clip_config
 
 SIZE = 56  # 14 x 14 = 196 patches: HSF clusters its full 100 top patches
 TEMPLATES = ("a bad photo of a {}.", "a low resolution photo of the {}.", "a bad photo of the {}.",
@@ -311,13 +311,7 @@ def test_adam_steps_decrease_the_loss(backbone):
     masks[1, 4:14, 6:20] = 1
     masks[3, 12:26, 2:10] = 1
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, betas=(0.5, 0.999))
-    losses = []
-    for _ in range(6):
-        loss = model(pixels, masks=masks).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = optimizer_steps(model, optimizer, 6, pixel_values=pixels, masks=masks)
     assert all(later < earlier for earlier, later in zip(losses, losses[1:])), losses
     assert losses[-1] < 0.8 * losses[0], losses
 

@@ -16,7 +16,7 @@ from zsad.clip.text import eos_positions
 from zsad.losses import dice_loss, focal_loss
 from zsad.models.crane.modeling_crane import dino_guided_attention
 from zsad.scoring import gaussian_blur
-from zsad.testing import save_tiny_backbone, tiny_clip_config
+from zsad.testing import optimizer_steps, save_tiny_backbone, tiny_clip_config
 
 SIZE = 56  # 14 x 14 patches
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -297,13 +297,7 @@ def test_adam_steps_decrease_the_loss(dino, backbone, dino_backbone):
     masks[0, 4:14, 6:20] = 1
     masks[2, 12:26, 2:10] = 1
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3, betas=(0.6, 0.999))
-    losses = []
-    for _ in range(6):
-        loss = model(pixels, masks=masks).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = optimizer_steps(model, optimizer, 6, pixel_values=pixels, masks=masks)
     assert all(p.grad is None for p in model.clip.parameters())
     assert all(later < earlier for earlier, later in zip(losses, losses[1:])), losses
     assert losses[-1] < 0.9 * losses[0], losses

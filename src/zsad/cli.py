@@ -6,7 +6,6 @@ import argparse
 import csv
 import glob
 import json
-import os
 import sys
 import warnings
 from collections.abc import Iterator, Sequence

@@ -430,14 +430,25 @@ class ZSADPreTrainedModel(PreTrainedModel):
             masks, labels = _check_targets(masks, labels, pixel_values)
             loss = self.compute_loss(image_logits, pixel_probabilities, labels, masks)
 
-        output = AnomalyDetectionOutput(
-            loss=loss,
-            pred_scores=image_logits.softmax(dim=-1)[:, 1],
-            anomaly_maps=anomaly_maps,
-            patch_logits=tuple(patch_logits),
-            image_logits=image_logits,
-        )
-        return output if return_dict is not False else output.to_tuple()
+        return detection_output(loss, image_logits, anomaly_maps, patch_logits, return_dict)
+
+
+def detection_output(
+    loss: torch.Tensor | None,
+    image_logits: torch.Tensor,
+    anomaly_maps: torch.Tensor,
+    patch_logits: Sequence[torch.Tensor],
+    return_dict: bool | None,
+) -> AnomalyDetectionOutput | tuple:
+    """The model output: `pred_scores` is the anomaly probability of the `(B, 2)` image logits."""
+    output = AnomalyDetectionOutput(
+        loss=loss,
+        pred_scores=image_logits.softmax(dim=-1)[:, 1],
+        anomaly_maps=anomaly_maps,
+        patch_logits=tuple(patch_logits),
+        image_logits=image_logits,
+    )
+    return output if return_dict is not False else output.to_tuple()
 
 
 def _load_clip(backbone_id: str, dtype: torch.dtype | None) -> CLIPModel:

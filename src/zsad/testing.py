@@ -70,6 +70,18 @@ def tiny_clip_config(
     )
 
 
+def optimizer_steps(model, optimizer: torch.optim.Optimizer, steps: int, **inputs) -> list[float]:
+    """Run `steps` optimiser steps of `model(**inputs).loss` on one fixed batch; return the losses."""
+    losses = []
+    for _ in range(steps):
+        loss = model(**inputs).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
 def save_tiny_backbone(path: str | os.PathLike, seed: int = 0, **config_kwargs) -> Path:
     """Save a random tiny CLIP + tokenizer to `path` (usable as `backbone_name_or_path`)."""
     torch.manual_seed(seed)

@@ -25,6 +25,17 @@ class ObjectAgnosticPrompts(ZSADAdapter):
         self.deep_tokens = nn.Parameter(torch.empty(len(self.deep_layers), deep_prompt_length, width))
         self.reset_parameters()
 
+    @classmethod
+    def from_config(cls, config) -> ObjectAgnosticPrompts:
+        """Built from a config with `num_context_tokens`, `deep_prompt_length` and `deep_prompt_layers`
+        (AnomalyCLIP's; Crane reuses it unchanged, METHODS.md §5.2)."""
+        return cls(
+            num_context_tokens=config.num_context_tokens,
+            deep_prompt_length=config.deep_prompt_length,
+            deep_layers=config.deep_prompt_layers,
+            width=config.clip_config.text_config.hidden_size,
+        )
+
     def reset_parameters(self) -> None:
         nn.init.normal_(self.context, std=0.02)
         nn.init.normal_(self.deep_tokens, std=0.02)

@@ -22,7 +22,13 @@ from ...adapters.hybrid_prompts import HybridPrompts
 from ...adapters.projections import FeatureProjections
 from ...clip.text import TokenizedPrompts, encode_text
 from ...losses import focal_loss, segmentation_loss
-from ...modeling_base import AnomalyDetectionOutput, ZSADPreTrainedModel, _check_targets, _load_tokenizer
+from ...modeling_base import (
+    AnomalyDetectionOutput,
+    ZSADPreTrainedModel,
+    _check_targets,
+    _load_tokenizer,
+    detection_output,
+)
 from ...scoring import anomaly_maps_from_probabilities, upsample_patch_scores
 from ..zsad_clip.configuration_zsad_clip import ANOMALY_STATES, NORMAL_STATES
 from .configuration_adaclip import ADACLIP_TEMPLATES, AdaCLIPConfig
@@ -289,11 +295,4 @@ class AdaCLIPModel(ZSADPreTrainedModel):
                 ]
             loss = self.compute_loss(image_logits, layer_probabilities, labels, masks)
 
-        output = AnomalyDetectionOutput(
-            loss=loss,
-            pred_scores=image_logits.softmax(dim=-1)[:, 1],
-            anomaly_maps=anomaly_maps,
-            patch_logits=tuple(patch_logits),
-            image_logits=image_logits,
-        )
-        return output if return_dict is not False else output.to_tuple()
+        return detection_output(loss, image_logits, anomaly_maps, patch_logits, return_dict)

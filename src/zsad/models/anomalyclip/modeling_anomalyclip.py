@@ -42,12 +42,7 @@ class AnomalyCLIPModel(ZSADPreTrainedModel):
     def __init__(self, config: AnomalyCLIPConfig):
         super().__init__(config)
         text_config = config.clip_config.text_config
-        self.prompt_learner = ObjectAgnosticPrompts(
-            num_context_tokens=config.num_context_tokens,
-            deep_prompt_length=config.deep_prompt_length,
-            deep_layers=config.deep_prompt_layers,
-            width=text_config.hidden_size,
-        )
+        self.prompt_learner = ObjectAgnosticPrompts.from_config(config)
         self.prompt_tokens = TokenizedPrompts(config.prompt_token_ids, text_config.max_position_embeddings)
         self.post_init()
 

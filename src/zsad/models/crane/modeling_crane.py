@@ -35,6 +35,7 @@ from ...modeling_base import (
     _check_pixel_values,
     _check_targets,
     _first_line,
+    detection_output,
 )
 from ...scoring import anomaly_maps_from_probabilities, upsample_patch_scores
 from ..anomalyclip.modeling_anomalyclip import AnomalyCLIPModel
@@ -80,12 +81,7 @@ class CraneModel(ZSADPreTrainedModel):
     def __init__(self, config: CraneConfig):
         super().__init__(config)
         text_config = config.clip_config.text_config
-        self.prompt_learner = ObjectAgnosticPrompts(
-            num_context_tokens=config.num_context_tokens,
-            deep_prompt_length=config.deep_prompt_length,
-            deep_layers=config.deep_prompt_layers,
-            width=text_config.hidden_size,
-        )
+        self.prompt_learner = ObjectAgnosticPrompts.from_config(config)
         self.prompt_tokens = TokenizedPrompts(config.prompt_token_ids, text_config.max_position_embeddings)
         self.dino = AutoModel.from_config(config.dino_config) if config.dino_attention else None
         if self.dino is not None:
@@ -257,11 +253,4 @@ class CraneModel(ZSADPreTrainedModel):
                 ]
             loss = self.compute_loss(image_logits, loss_probabilities, labels, masks)
 
-        output = AnomalyDetectionOutput(
-            loss=loss,
-            pred_scores=image_logits.softmax(dim=-1)[:, 1],
-            anomaly_maps=anomaly_maps,
-            patch_logits=tuple(patch_logits),
-            image_logits=image_logits,
-        )
-        return output if return_dict is not False else output.to_tuple()
+        return detection_output(loss, image_logits, anomaly_maps, patch_logits, return_dict)
