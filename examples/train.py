@@ -29,6 +29,7 @@ from zsad.training import (
     build_optimizer,
     get_model_class,
     model_inputs,
+    parse_config_overrides,
     register_adapter_checkpointing,
     trainable_methods,
     warn_if_image_level_only,
@@ -46,6 +47,8 @@ def parse_args(argv=None):
     parser.add_argument("--split", default="test", help="split to train on (ZSAD protocol: the test split)")
     parser.add_argument("--categories", nargs="+", help="train on these categories only")
     parser.add_argument("--image_size", type=int, help="input size (default: the model's, 518 on ViT-L/14)")
+    parser.add_argument("--model_config", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="method options (JSON values), e.g. dino_attention=true for Crane+")
     parser.add_argument("--train_batch_size", type=int, help="per device (default: the method's)")
     parser.add_argument("--learning_rate", type=float, help="default: the method's")
     parser.add_argument("--num_train_epochs", type=int, help="default: the method's")
@@ -67,6 +70,7 @@ def parse_args(argv=None):
         parser.error("--push_to_hub needs --hub_model_id")
     try:
         args.model_class = get_model_class(args.method)
+        args.model_config = parse_config_overrides(args.model_config)
     except ValueError as error:
         parser.error(str(error))
     defaults = args.model_class.config_class.training_defaults
@@ -111,7 +115,7 @@ def main(argv=None):
     warn_if_image_level_only(dataset)
 
     # Model: frozen CLIP + fresh adapters. Only the adapters reach the optimizer.
-    config_kwargs = {"image_size": args.image_size} if args.image_size else {}
+    config_kwargs = dict(args.model_config, **({"image_size": args.image_size} if args.image_size else {}))
     if args.model_class.class_aware:  # prompts name each image's category (AdaCLIP)
         config_kwargs["class_names"] = sorted(set(dataset["category"]))
     model = args.model_class.from_backbone(args.backbone, **config_kwargs)

@@ -121,3 +121,12 @@ def test_other_methods_train_and_evaluate_through_the_scripts(launch, tiny_backb
     launch("evaluate.py", "--model", tmp_path / "model", "--datasets", synthetic_data / "grid", "--output_dir", tmp_path / "eval")
     results = json.loads((tmp_path / "eval" / "grid" / "metrics.json").read_text())
     assert 0.0 <= results["macro"]["pixel_auroc"] <= 1.0 and results["counts"]["texture_grid"]["images"] == 12
+
+
+def test_method_options_reach_the_config(launch, tiny_backbone, synthetic_data, tmp_path):
+    args = _train_args(tiny_backbone, synthetic_data / "grid", tmp_path / "model", 1)
+    launch("train.py", *args, "--model_config", "dense_attention=qq+kk+vv", "local_loss_weight=2")
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["dense_attention"] == "qq+kk+vv" and config["local_loss_weight"] == 2
+    bad = launch("train.py", *args, "--model_config", "oops", check=False)
+    assert bad.returncode != 0 and "KEY=VALUE" in bad.stderr

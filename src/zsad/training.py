@@ -3,6 +3,7 @@ optimiser, a resumable deterministic shuffle, adapter-only Accelerate checkpoint
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Iterator, Mapping
@@ -30,6 +31,20 @@ def get_model_class(method: str) -> type[ZSADPreTrainedModel]:
     if model_class.config_class.training_defaults is None:
         raise ValueError(f"{method!r} is training-free; trainable methods: {', '.join(trainable_methods())}")
     return model_class
+
+
+def parse_config_overrides(items: list[str]) -> dict[str, Any]:
+    """`["dino_attention=true", "dense_attention=qq+kk+vv"]` -> config kwargs (JSON values, else strings)."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"model config overrides must look like KEY=VALUE; got {item!r}")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value
+    return overrides
 
 
 def build_optimizer(
