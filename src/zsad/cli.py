@@ -67,7 +67,8 @@ def load_detector(model_id: str | None, backbone: str | None, object_name: str |
     except (OSError, ValueError, KeyError) as error:
         what = f"model {model_id!r}" if model_id else f"backbone {backbone or DEFAULT_BACKBONE!r}"
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CommandError(f"cannot load {what}: {reason}") from error
+        # zsad's own loaders already name what failed; transformers' messages do not.
+        raise CommandError(reason if reason.startswith("cannot load") else f"cannot load {what}: {reason}") from error
     if not isinstance(model, ZSADPreTrainedModel):
         raise CommandError(f"{model_id!r} is a {type(model).__name__}, not a zsad anomaly detection model")
     return model
