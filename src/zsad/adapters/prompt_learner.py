@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from transformers import CLIPModel
 
+from ..clip.text import TokenizedPrompts, encode_text, insert_positions
 from ..modeling_base import ZSADAdapter
 
 
@@ -53,3 +56,28 @@ class ObjectAgnosticPrompts(ZSADAdapter):
     def deep_prompts(self) -> dict[int, torch.Tensor]:
         """`{text layer: (m, W) tokens}` for `encode_text(deep_prompts=...)`."""
         return {layer: self.deep_tokens[i] for i, layer in enumerate(self.deep_layers)}
+
+    def text_features(
+        self, clip: CLIPModel, prompts: TokenizedPrompts, image_embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """L2-normalised [normal, anomaly] text embeddings: `(2, D)`, or `(B, 2, D)` when each image's
+        normalised global embedding `image_embeds (B, P)` is inserted after the context tokens as an
+        extra token (Crane's conditioning, METHODS.md §5.2; the end-of-text position shifts by one)."""
+        if not prompts.is_tokenized:
+            raise ValueError(
+                "this model has no prompt token ids: build it with from_backbone(...) or load a checkpoint "
+                "with from_pretrained(...)"
+            )
+        ids = prompts.input_ids[:, : prompts.max_length]
+        embeds = self.prompt_embeddings(clip.text_model.embeddings.token_embedding(ids))
+        pooling_positions = prompts.eos_positions
+        if image_embeds is not None:
+            batch = image_embeds.shape[0]
+            image_token = F.normalize(image_embeds, dim=-1).repeat_interleave(2, dim=0).unsqueeze(1)
+            embeds = insert_positions(embeds.repeat(batch, 1, 1), image_token, 1 + self.num_context_tokens)
+            pooling_positions = (pooling_positions + 1).repeat(batch)
+        text = encode_text(
+            clip, None, inputs_embeds=embeds, deep_prompts=self.deep_prompts(), pooling_positions=pooling_positions
+        )
+        text = F.normalize(text, dim=-1)
+        return text if image_embeds is None else text.view(batch, 2, -1)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ...adapters.prompt_learner import ObjectAgnosticPrompts
-from ...clip.text import TokenizedPrompts, encode_text
+from ...clip.text import TokenizedPrompts
 from ...losses import segmentation_loss
 from ...modeling_base import ZSADPreTrainedModel
 from .configuration_anomalyclip import AnomalyCLIPConfig
@@ -60,21 +60,7 @@ class AnomalyCLIPModel(ZSADPreTrainedModel):
         config.prompt_token_ids = ids
 
     def compute_text_features(self) -> torch.Tensor:
-        if not self.prompt_tokens.is_tokenized:
-            raise ValueError(
-                "this AnomalyCLIP model has no prompt token ids: build it with AnomalyCLIPModel.from_backbone(...) "
-                "or load a checkpoint with from_pretrained(...)"
-            )
-        ids = self.prompt_tokens.input_ids
-        embeddings = self.prompt_learner.prompt_embeddings(self.clip.text_model.embeddings.token_embedding(ids))
-        text = encode_text(
-            self.clip,
-            ids,
-            inputs_embeds=embeddings,
-            deep_prompts=self.prompt_learner.deep_prompts(),
-            pooling_positions=self.prompt_tokens.eos_positions,
-        )
-        return F.normalize(text, dim=-1)
+        return self.prompt_learner.text_features(self.clip, self.prompt_tokens)
 
     def compute_loss(self, image_logits, pixel_probabilities, labels, masks) -> torch.Tensor:
         loss = F.cross_entropy(image_logits, labels)

@@ -14,9 +14,8 @@ attention refinement for zero-shot anomaly detection.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -26,7 +25,7 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ...adapters.prompt_learner import ObjectAgnosticPrompts
 from ...clip.processing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from ...clip.text import TokenizedPrompts, encode_text, insert_positions
+from ...clip.text import TokenizedPrompts
 from ...losses import dice_loss, focal_loss
 from ...modeling_base import (
     DEFAULT_BACKBONE,
@@ -144,31 +143,9 @@ class CraneModel(ZSADPreTrainedModel):
         return mode == "always" or (mode == "train" and self.training)
 
     def compute_text_features(self, image_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        """`(2, D)` static [normal, anomaly] text embeddings, or `(B, 2, D)` with each image's normalised
-        global embedding `image_embeds (B, P)` inserted after the context tokens (§5.2)."""
-        tokens = self.prompt_tokens
-        if not tokens.is_tokenized:
-            raise ValueError(
-                "this Crane model has no prompt token ids: build it with CraneModel.from_backbone(...) "
-                "or load a checkpoint with from_pretrained(...)"
-            )
-        ids = tokens.input_ids[:, : tokens.max_length]
-        embeds = self.prompt_learner.prompt_embeddings(self.clip.text_model.embeddings.token_embedding(ids))
-        pooling_positions = tokens.eos_positions
-        if image_embeds is not None:
-            batch = image_embeds.shape[0]
-            image_token = F.normalize(image_embeds, dim=-1).repeat_interleave(2, dim=0).unsqueeze(1)
-            embeds = insert_positions(embeds.repeat(batch, 1, 1), image_token, 1 + self.prompt_learner.num_context_tokens)
-            pooling_positions = (pooling_positions + 1).repeat(batch)
-        text = encode_text(
-            self.clip,
-            None,
-            inputs_embeds=embeds,
-            deep_prompts=self.prompt_learner.deep_prompts(),
-            pooling_positions=pooling_positions,
-        )
-        text = F.normalize(text, dim=-1)
-        return text if image_embeds is None else text.view(batch, 2, -1)
+        """`(2, D)` static [normal, anomaly] text embeddings, or `(B, 2, D)` conditioned on each image's
+        global embedding `image_embeds (B, P)` (§5.2)."""
+        return self.prompt_learner.text_features(self.clip, self.prompt_tokens, image_embeds)
 
     # ------------------------------------------------------------------ Crane+ guided attention
     def dino_attention_weights(self, pixel_values: torch.Tensor) -> torch.Tensor:
