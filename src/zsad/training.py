@@ -142,12 +142,9 @@ def model_inputs(batch: Mapping[str, Any], *, with_targets: bool) -> dict[str, A
 
 def warn_if_image_level_only(dataset) -> bool:
     """Warn (once, before training) when anomalous training images lack masks; True if they do."""
-    if "mask" not in dataset.column_names:
-        warnings.warn("the training data has no mask column: training with the image-level loss only", stacklevel=2)
-        return True
-    labels = dataset["label"]
-    masks = dataset.with_format(None).select_columns(["mask"]).cast_column("mask", _undecoded_image())["mask"]
-    missing = sum(1 for label, mask in zip(labels, masks) if label == 1 and mask is None)
+    from .data import summarize
+
+    missing = summarize(dataset)["anomalous_without_mask"]
     if missing:
         warnings.warn(
             f"{missing} anomalous training image(s) have no mask: batches containing them train with the "
@@ -155,9 +152,3 @@ def warn_if_image_level_only(dataset) -> bool:
             stacklevel=2,
         )
     return bool(missing)
-
-
-def _undecoded_image():
-    from datasets import Image
-
-    return Image(decode=False)
