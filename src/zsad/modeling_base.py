@@ -391,6 +391,14 @@ class ZSADPreTrainedModel(PreTrainedModel):
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The trainable parameters as named optimiser groups (each trainable parameter in exactly one).
+
+        `training_defaults["learning_rate_scales"]` gives a group's learning rate as a multiple of the
+        method's learning rate (e.g. DA-CLIP's `experts` at 0.1x). Default: one `adapters` group.
+        """
+        return {"adapters": [p for p in self.parameters() if p.requires_grad]}
+
     # ------------------------------------------------------------------ forward pieces
     def encode_image(self, pixel_values: torch.Tensor, **options: Any) -> VisionFeatures:
         """One vision pass: global embedding + dense patch embeddings at `config.feature_layers`.
