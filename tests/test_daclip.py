@@ -2,6 +2,7 @@
 against naive code written here, routing distributions, auxiliary losses, gradients, activation
 checkpointing, batch invariance, checkpoints, optimiser groups."""
 
+import json
 import math
 import warnings
 
@@ -323,3 +324,24 @@ def test_optimizer_groups_use_the_two_learning_rates(daclip, tiny_backbone):
     assert scaled == {"prompts": 2e-3, "experts": pytest.approx(2e-4)}
     single = build_optimizer(zsad.AnomalyCLIPModel.from_backbone(tiny_backbone, image_size=SIZE)).param_groups
     assert [(g["name"], g["lr"]) for g in single] == [("adapters", 1e-3)]
+
+
+def test_zsad_detect_and_evaluate_run_a_daclip_checkpoint(daclip, tmp_path):
+    from PIL import Image
+
+    from zsad.cli import main
+    from zsad.data import make_synthetic_dataset
+
+    checkpoint = tmp_path / "daclip"
+    daclip.save_pretrained(checkpoint)
+    images = tmp_path / "images"
+    images.mkdir()
+    for index in range(2):
+        Image.fromarray(torch.randint(0, 255, (30, 40, 3), dtype=torch.uint8).numpy()).save(images / f"{index}.png")
+    assert main(["detect", str(images), "--model", str(checkpoint), "--out", str(tmp_path / "detect"), "--quiet"]) == 0
+    scores = json.loads((tmp_path / "detect" / "scores.json").read_text())
+    assert scores["image_size"] == SIZE and len(scores["results"]) == 2
+    make_synthetic_dataset(2, 2, size=SIZE, textures=["grid"], seed=0).save_to_disk(str(tmp_path / "grid"))
+    assert main(["evaluate", str(tmp_path / "grid"), "--model", str(checkpoint), "--out", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "grid" / "metrics.json").read_text())
+    assert metrics["counts"]["texture_grid"]["images"] == 4 and 0.0 <= metrics["macro"]["pixel_auroc"] <= 1.0
