@@ -87,6 +87,54 @@ def test_ablation_switches_shape_the_adapters():
         prompts_off = DACLIPModel(DACLIPConfig(visual_prompt_layers=[]))
     # Without visual prompts the token gates are conditioned on the image router's weights instead.
     assert prompts_off.daka.experts[0].gate.in_features == 1024 + 4
+    with torch.device("meta"):
+        image_routed = DACLIPModel(DACLIPConfig(daka_routing="image"))
+        shared = DACLIPModel(DACLIPConfig(per_domain_prompts=False))
+    assert image_routed.daka.experts[0].gate is None
+    assert image_routed.num_trainable_parameters() == 1_070_864 - 32_784
+    assert shared.domain_prompts.text_tokens.shape[0] == shared.domain_prompts.visual_tokens.shape[0] == 1
+    assert shared.num_trainable_parameters() == 1_070_864 - 3 * (98_304 + 65_536) // 4
+
+
+def test_image_level_routing_mixes_every_token_with_the_router_weights(tiny_backbone):
+    torch.manual_seed(4)
+    model = DACLIPModel.from_backbone(tiny_backbone, image_size=SIZE, daka_routing="image").eval()
+    with torch.no_grad():
+        for layer in model.daka.experts:
+            layer.lora_B.normal_(std=0.5)
+        pixels = _pixels(2)
+        features = model.image_features(pixels)
+        router_probs = features.extras["router_probs"]
+        combined = torch.einsum("be,e...->b...", router_probs, model.domain_prompts.visual_tokens)
+
+        def naive(layer):
+            def apply(dense):
+                out = dense.clone()
+                for b in range(dense.shape[0]):
+                    for e in range(router_probs.shape[1]):
+                        update = dense[b, 1:] @ layer.lora_A[e].t() @ layer.lora_B[e].t()
+                        out[b, 1:] = out[b, 1:] + router_probs[b, e] * 0.1 * 2.0 * update
+                return out
+
+            return apply
+
+        reference = model.encode_image(
+            pixels,
+            visual_prompts={1: combined[:, 0]},
+            dense_adapters={index: naive(layer) for index, layer in zip(model.config.daka_layers, model.daka.experts)},
+        )
+    assert features.extras["token_gates"] == {}
+    assert (features.patch_embeds[0] - reference.patch_embeds[0]).abs().max() <= 1e-5
+
+
+def test_shared_prompts_are_the_same_for_every_image(tiny_backbone):
+    torch.manual_seed(5)
+    model = DACLIPModel.from_backbone(tiny_backbone, image_size=SIZE, per_domain_prompts=False).eval()
+    with torch.no_grad():
+        out = model(_pixels(3))
+        text = model.compute_text_features(out.router_probs)
+    assert text.shape[0] == 3 and (text - text[:1]).abs().max() <= 1e-6
+    assert out.aux_losses["diversity"] == 0 and torch.isfinite(out.aux_losses["load_balance"])
 
 
 @pytest.mark.parametrize(
@@ -101,6 +149,7 @@ def test_ablation_switches_shape_the_adapters():
         ({"dense_attention": None, "daka_layers": [3]}, "need dense_attention"),
         ({"lora_rank": 0}, "lora_rank"),
         ({"daka_mix": -1.0}, "daka_mix"),
+        ({"daka_routing": "patch"}, "daka_routing"),
     ],
 )
 def test_invalid_config_is_a_clear_error(kwargs, message):

@@ -46,8 +46,9 @@ class DomainPromptBank(ZSADAdapter):
     """Per domain e (§6.2.1): deep text tokens `P^t_e (text layers, m, W_t)`, visual prompt tokens
     `P^v_e (vision layers, n, W_v)` and a routing key `k_e (D)`; all N(0, 0.02).
 
-    A bank with no text (or no vision) layers holds no tokens for that encoder. Parameters on ViT-L/14
-    with 4 domains: 98,304 text + 65,536 visual + 3,072 keys.
+    A bank with no text (or no vision) layers holds no tokens for that encoder; with
+    `per_domain_prompts=False` it holds one prompt set shared by every domain (the §6.2.8 ablation; the
+    keys stay per domain). Parameters on ViT-L/14 with 4 domains: 98,304 text + 65,536 visual + 3,072 keys.
     """
 
     def __init__(
@@ -60,11 +61,13 @@ class DomainPromptBank(ZSADAdapter):
         vision_length: int,
         vision_width: int,
         embed_dim: int,
+        per_domain_prompts: bool = True,
     ):
         super().__init__()
-        self.text_tokens = nn.Parameter(torch.empty(num_experts, text_layers, text_length, text_width)) if text_layers else None
+        sets = num_experts if per_domain_prompts else 1
+        self.text_tokens = nn.Parameter(torch.empty(sets, text_layers, text_length, text_width)) if text_layers else None
         self.visual_tokens = (
-            nn.Parameter(torch.empty(num_experts, vision_layers, vision_length, vision_width)) if vision_layers else None
+            nn.Parameter(torch.empty(sets, vision_layers, vision_length, vision_width)) if vision_layers else None
         )
         self.keys = nn.Parameter(torch.empty(num_experts, embed_dim))
         self.reset_parameters()
@@ -76,11 +79,15 @@ class DomainPromptBank(ZSADAdapter):
 
     @staticmethod
     def combine(tokens: torch.Tensor, router_probs: torch.Tensor) -> torch.Tensor:
-        """`sum_e r_e P_e`: `(E, ...)` bank tokens and `(B, E)` router probabilities -> `(B, ...)`."""
+        """`sum_e r_e P_e`: `(E, ...)` bank tokens and `(B, E)` router probabilities -> `(B, ...)`; a shared
+        `(1, ...)` set is the same for every image (the weights sum to 1)."""
+        if tokens.shape[0] == 1:
+            return tokens.expand(router_probs.shape[0], *tokens.shape[1:])
         return torch.einsum("be,e...->b...", router_probs.to(tokens.dtype), tokens)
 
     def expert_vectors(self) -> torch.Tensor:
-        """`(E, d)`: each domain's whole prompt set (text and visual tokens) flattened, for the diversity loss."""
+        """`(E, d)`: each domain's whole prompt set (text and visual tokens) flattened, for the diversity loss
+        (`(1, d)` for a shared set; the keys when the bank holds no prompt tokens)."""
         parts = [t.flatten(1) for t in (self.text_tokens, self.visual_tokens) if t is not None]
         return torch.cat(parts, dim=1) if parts else self.keys
 
@@ -118,13 +125,16 @@ class MixtureOfLoRA(nn.Module):
     renormalised softmax of `Linear([x ; c])` and `c` is the image's condition (DA-CLIP: the summary of
     its combined visual prompts). A: LoRA's Kaiming-uniform init; B: zeros, so an untrained layer is
     exactly the identity. Parameters: `E * 2 * r * W + (W + C + 1) * E` (ViT-L/14: 65,536 + 8,196).
+    With `condition_dim=None` there is no gate: the caller gives the weights (image-level routing).
     """
 
-    def __init__(self, num_experts: int, width: int, condition_dim: int, rank: int, alpha: float, mix: float, top_k: int):
+    def __init__(
+        self, num_experts: int, width: int, condition_dim: int | None, rank: int, alpha: float, mix: float, top_k: int
+    ):
         super().__init__()
         self.lora_A = nn.Parameter(torch.empty(num_experts, rank, width))
         self.lora_B = nn.Parameter(torch.empty(num_experts, width, rank))
-        self.gate = nn.Linear(width + condition_dim, num_experts)
+        self.gate = nn.Linear(width + condition_dim, num_experts) if condition_dim is not None else None
         self.scaling = alpha / rank
         self.mix = mix
         self.top_k = top_k
@@ -133,7 +143,8 @@ class MixtureOfLoRA(nn.Module):
         for expert in self.lora_A:  # per expert, as peft's LoRA initialises each A
             nn.init.kaiming_uniform_(expert, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B)
-        self.gate.reset_parameters()
+        if self.gate is not None:
+            self.gate.reset_parameters()
 
     def gates(self, tokens: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`(B, N, W)` tokens, `(B, C)` condition -> `(softmax (B, N, E), top-k renormalised (B, N, E))`."""
@@ -152,7 +163,8 @@ class DomainAwareKnowledgeAdaptation(ZSADAdapter):
     """DAKA (§6.2.3): a `MixtureOfLoRA` at each of `layers` (1-indexed vision layers) of the dense stream.
 
     ViT-L/14 defaults (4 layers, 4 experts, rank 8, condition = 1024-d prompt summary): 262,144 LoRA +
-    32,784 gate parameters.
+    32,784 gate parameters. `condition_dim=None`: image-level routing, every token of an image mixes the
+    experts with the image router's weights (no gates; the §6.2.8 ablation).
     """
 
     def __init__(
@@ -160,7 +172,7 @@ class DomainAwareKnowledgeAdaptation(ZSADAdapter):
         layers: list[int],
         num_experts: int,
         width: int,
-        condition_dim: int,
+        condition_dim: int | None,
         rank: int,
         alpha: float,
         mix: float,
@@ -183,13 +195,17 @@ class DomainAwareKnowledgeAdaptation(ZSADAdapter):
         """`{layer: f}` for `encode_image(dense_adapters=...)`. Each `f` adapts the patch tokens (positions
         1..N) of the dense stream; the CLS and prompt positions of that stream are never read out, so
         they pass unchanged. The softmax gate probabilities of every layer are written to `token_gates`
-        as `(softmax, top-k renormalised)` pairs."""
+        as `(softmax, top-k renormalised)` pairs. Without gates, `condition` is the `(B, E)` expert
+        weights of each image."""
 
         def adapter(index: int, layer: MixtureOfLoRA):
             def apply(dense: torch.Tensor) -> torch.Tensor:
                 patches = dense[:, 1 : 1 + num_patches]
-                probabilities, gates = layer.gates(patches, condition)
-                token_gates[index] = (probabilities, gates)
+                if layer.gate is None:
+                    gates = condition.to(patches.dtype).unsqueeze(1).expand(-1, patches.shape[1], -1)
+                else:
+                    probabilities, gates = layer.gates(patches, condition)
+                    token_gates[index] = (probabilities, gates)
                 return torch.cat([dense[:, :1], layer(patches, gates), dense[:, 1 + num_patches :]], dim=1)
 
             return apply

@@ -7,6 +7,8 @@ from typing import ClassVar
 from ...modeling_base import relative_layer
 from ..anomalyclip.configuration_anomalyclip import AnomalyCLIPConfig
 
+DAKA_ROUTINGS = ("token", "image")
+
 
 class DACLIPConfig(AnomalyCLIPConfig):
     r"""DA-CLIP: AnomalyCLIP's pipeline with a domain-aware prompt bank selected by an image-level router
@@ -28,6 +30,10 @@ class DACLIPConfig(AnomalyCLIPConfig):
         lora_rank / lora_alpha: r and alpha of every LoRA expert (8, 16: scaling 2).
         daka_mix: beta of the DAKA residual `x + beta * sum_e g_e (alpha / r) B_e A_e x` (0.1).
         token_top_k: experts each token's gate keeps (2).
+        daka_routing: `token` (per-token gates on [token ; visual prompt summary]) or `image` (every token
+            of an image uses the image router's weights; no gates) - the §6.2.8 routing ablation.
+        per_domain_prompts: one text + visual prompt set per domain (True) or a single set shared by all
+            (False; the router still weights DAKA) - the §6.2.8 prompt ablation.
         load_balance_weight: weight of the load-balance loss (squared coefficient of variation of the
             summed router probabilities, image router + token gates) (0.01).
         diversity_weight: weight of the expert-diversity loss (equiangular target on the domain prompt
@@ -54,6 +60,8 @@ class DACLIPConfig(AnomalyCLIPConfig):
     lora_alpha: float = 16.0
     daka_mix: float = 0.1
     token_top_k: int = 2
+    daka_routing: str = "token"
+    per_domain_prompts: bool = True
     load_balance_weight: float = 0.01
     diversity_weight: float = 0.01
 
@@ -76,6 +84,8 @@ class DACLIPConfig(AnomalyCLIPConfig):
         for name in ("top_k_experts", "token_top_k"):
             if not 1 <= getattr(self, name) <= self.num_experts:
                 raise ValueError(f"{name} must be within 1..num_experts ({self.num_experts}); got {getattr(self, name)}")
+        if self.daka_routing not in DAKA_ROUTINGS:
+            raise ValueError(f"daka_routing must be one of {DAKA_ROUTINGS}; got {self.daka_routing!r}")
         if self.router_temperature <= 0:
             raise ValueError(f"router_temperature must be > 0; got {self.router_temperature}")
         bad = [layer for layer in self.visual_prompt_layers if not 1 <= layer <= depth]

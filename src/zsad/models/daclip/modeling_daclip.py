@@ -93,11 +93,15 @@ class DACLIPModel(ZSADPreTrainedModel):
             config.visual_prompt_length,
             vision_config.hidden_size,
             config.clip_config.projection_dim,
+            per_domain_prompts=config.per_domain_prompts,
         )
         self.router = ImageRouter(config.clip_config.projection_dim, config.router_temperature, config.top_k_experts)
         # The token gates see the summary of the combined visual prompts; with visual prompts off, the
         # image router's weights are the domain information left, so they condition the gates instead.
+        # Image-level routing has no gates.
         condition_dim = vision_config.hidden_size if config.visual_prompt_layers else config.num_experts
+        if config.daka_routing == "image":
+            condition_dim = None
         self.daka = DomainAwareKnowledgeAdaptation(
             config.daka_layers,
             config.num_experts,
@@ -152,6 +156,8 @@ class DACLIPModel(ZSADPreTrainedModel):
             combined = DomainPromptBank.combine(bank.visual_tokens, router_probs)  # (B, layers, n, W)
             visual_prompts = {layer: combined[:, i] for i, layer in enumerate(cfg.visual_prompt_layers)}
             condition = combined.mean(dim=(1, 2))
+        if cfg.daka_routing == "image":
+            condition = router_probs
         patch = cfg.clip_config.vision_config.patch_size
         num_patches = (pixel_values.shape[-2] // patch) * (pixel_values.shape[-1] // patch)
         token_gates: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
