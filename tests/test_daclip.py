@@ -373,6 +373,12 @@ def test_optimizer_groups_use_the_two_learning_rates(daclip, tiny_backbone):
     assert scaled == {"prompts": 2e-3, "experts": pytest.approx(2e-4)}
     single = build_optimizer(zsad.AnomalyCLIPModel.from_backbone(tiny_backbone, image_size=SIZE)).param_groups
     assert [(g["name"], g["lr"]) for g in single] == [("adapters", 1e-3)]
+    daclip.parameter_groups = lambda: {"prompts": [daclip.prompt_learner.context]}  # forgets the rest
+    try:
+        with pytest.raises(ValueError, match="every trainable parameter exactly once"):
+            build_optimizer(daclip)
+    finally:
+        del daclip.parameter_groups
 
 
 def test_zsad_detect_and_evaluate_run_a_daclip_checkpoint(daclip, tmp_path):
