@@ -18,6 +18,7 @@ from pathlib import Path
 
 import datasets
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from zsad import DACLIPModel, ZSADImageProcessor
@@ -55,24 +56,33 @@ def domains(magnetic_tile: Path, per_domain: int, seed: int, work_dir: Path) -> 
 
 
 @torch.no_grad()
-def routing_table(model: DACLIPModel, held_out: dict[str, datasets.Dataset], processor: ZSADImageProcessor) -> tuple[str, float]:
-    """Markdown rows: per domain, the share of images per top-1 expert and the router's load balance."""
+def routing_table(
+    model: DACLIPModel, held_out: dict[str, datasets.Dataset], processor: ZSADImageProcessor
+) -> tuple[str, float, tuple[float, float]]:
+    """Markdown rows: per domain, the share of images per top-1 expert and the router's load balance;
+    the load balance over all images; the mean cosine similarity of the router's input e0 within and
+    between domains."""
     model.eval()
-    rows, everything = [], []
+    rows, everything, embeds = [], [], []
     for name, dataset in held_out.items():
         loader = DataLoader(with_anomaly_transform(dataset, processor), batch_size=8, collate_fn=collate_fn)
-        softmax, top1 = [], []
+        softmax, top1, domain_embeds = [], [], []
         for batch in loader:
             features = model.image_features(batch["pixel_values"])
             softmax.append(features.extras["router_softmax"])
             top1.append(features.extras["router_probs"].argmax(dim=1))
+            domain_embeds.append(F.normalize(model.prompt_free_embeds(batch["pixel_values"]), dim=-1))
         softmax, top1 = torch.cat(softmax), torch.cat(top1)
         everything.append(softmax)
+        embeds.append(torch.cat(domain_embeds))
         shares = [f"{(top1 == e).float().mean().item():.2f}" for e in range(model.config.num_experts)]
         balance = squared_coefficient_of_variation(softmax).item()
         rows.append(f"| {name} | {len(top1)} | " + " | ".join(shares) + f" | {balance:.3f} |")
     overall = squared_coefficient_of_variation(torch.cat(everything)).item()
-    return "\n".join(rows), overall
+    within = sum((e @ e.t()).mean().item() for e in embeds) / len(embeds)
+    pairs = [(a, b) for i, a in enumerate(embeds) for b in embeds[i + 1 :]]
+    between = sum((a @ b.t()).mean().item() for a, b in pairs) / len(pairs)
+    return "\n".join(rows), overall, (within, between)
 
 
 def main() -> None:
@@ -97,7 +107,7 @@ def main() -> None:
         held_out = {name: pair[1] for name, pair in data.items()}
         header = "| domain | images | " + " | ".join(f"expert {e}" for e in range(model.config.num_experts)) + " | load balance |"
         header += "\n|---|---|" + "---|" * (model.config.num_experts + 1)
-        before, before_overall = routing_table(model, held_out, processor)
+        before, before_overall, similarity = routing_table(model, held_out, processor)
 
         train = datasets.concatenate_datasets([pair[0] for pair in data.values()])
         train = with_anomaly_transform(train, processor)
@@ -118,12 +128,14 @@ def main() -> None:
                 if step >= args.steps:
                     break
             epoch += 1
-        after, after_overall = routing_table(model, held_out, processor)
+        after, after_overall, _ = routing_table(model, held_out, processor)
 
     first, last = losses[:5], losses[-5:]
     mean = lambda values, i: sum(v[i] for v in values) / len(values)  # noqa: E731
     print(f"backbone: {args.backbone or 'random tiny CLIP (4 layers, width 32)'}; {args.steps} steps of batch {args.batch_size}")
     print(f"training loss {mean(first, 0):.3f} -> {mean(last, 0):.3f}; load-balance term {mean(first, 1):.3f} -> {mean(last, 1):.3f}")
+    print(f"router input e0 (prompt-free, frozen): mean cosine similarity {similarity[0]:.3f} within domains, "
+          f"{similarity[1]:.3f} between domains")
     print(f"\nBefore training (image-router load balance over all held-out images: {before_overall:.3f})\n")
     print(header + "\n" + before)
     print(f"\nAfter training (image-router load balance over all held-out images: {after_overall:.3f})\n")
