@@ -213,15 +213,17 @@ def load_released_file(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        # weights_only errors read "... WeightsUnpickler error: <reason> ..." (the reason may follow blank lines).
         message = str(error)
-        match = re.search(r"WeightsUnpickler error: ([^\n]*)", message)
-        if "Weights only load failed" in message:
-            reason = match.group(1).strip() if match else _first_line(error)
+        tail = message.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in message else message
+        reason = next((line.strip() for line in tail.splitlines() if line.strip()), type(error).__name__)
+        reason = reason.split(". ")[0]
+        if reason.startswith("Unsupported global"):
             raise CheckpointImportError(
-                f"{path}: refused: the file holds more than tensors and plain containers ({reason}); "
+                f"{path}: refused: the file needs more than tensors and plain containers to load ({reason}); "
                 "zsad loads released weights with weights_only=True and never unpickles arbitrary objects"
             ) from None
-        raise CheckpointImportError(f"{path}: not a PyTorch checkpoint ({_first_line(error)})") from None
+        raise CheckpointImportError(f"{path}: not a PyTorch checkpoint of tensors ({reason})") from None
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as error:
         raise CheckpointImportError(f"{path}: not a PyTorch checkpoint ({_first_line(error)})") from None
 
@@ -530,7 +532,7 @@ def import_released_checkpoint(
         raise CheckpointImportError(f"internal mapping error: {sorted(set(adapters) ^ set(expected))}")
     model.load_state_dict(adapters, strict=False, assign=True)
     out = Path(out_dir)
-    model.save_pretrained(out, state_dict=adapters)
+    model.save_pretrained(out, state_dict=dict(adapters))
     card_kwargs = released_card_kwargs(variant, model)
     write_model_card(model, out, overwrite=True, **card_kwargs)
     return ImportResult(out, variant, adapters, embedding_difference, result_warnings)
