@@ -50,7 +50,7 @@ def run_push(args: argparse.Namespace) -> int:
     from .push import PushError, push_directory
 
     try:
-        plan = push_directory(args.directory, args.repo_id, private=args.private, dry_run=args.dry_run)
+        plan = push_directory(args.directory, args.repo_id, private=args.private, dry_run=args.dry_run, license=args.license)
     except (PushError, OSError) as error:
         raise _command_error(str(error).strip().splitlines()[0]) from error
     if args.dry_run:
@@ -93,4 +93,6 @@ def register_hub_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("repo_id", metavar="REPO_ID", help="org/name on the Hub")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded; upload nothing")
+    parser.add_argument("--license", default=None, metavar="SPDX",
+                        help="datasets: the license of the images (e.g. cc-by-4.0), unless the card already names one")
     parser.set_defaults(func=run_push)
