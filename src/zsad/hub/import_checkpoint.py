@@ -483,8 +483,11 @@ def import_released_checkpoint(
     backbone: str | os.PathLike = DEFAULT_BACKBONE,
     trained_on: str | None = None,
     dino_backbone: str | None = None,
+    repo_id: str | None = None,
 ) -> ImportResult:
     """Convert a released file into an adapter-only zsad checkpoint with its model card in `out_dir`.
+
+    `repo_id` names the Hub repository in the card (else `zsad push` fills it in when uploading).
 
     Raises `CheckpointImportError` for a file that cannot be imported and `OSError` for a backbone that
     cannot be loaded; nothing is written then.
@@ -533,12 +536,37 @@ def import_released_checkpoint(
     model.load_state_dict(adapters, strict=False, assign=True)
     out = Path(out_dir)
     model.save_pretrained(out, state_dict=dict(adapters))
-    card_kwargs = released_card_kwargs(variant, model)
+    card_kwargs = released_card_kwargs(variant, model, repo_id)
     write_model_card(model, out, overwrite=True, **card_kwargs)
     return ImportResult(out, variant, adapters, embedding_difference, result_warnings)
 
 
 # ---------------------------------------------------------------------------------------------- cards
+# Every checkpoint the authors publish, as their test scripts use it (AdaCLIP: the two auxiliary-data pairs).
+RELEASED_VARIANTS = (
+    ReleasedVariant("anomalyclip", "mvtec", 15),
+    ReleasedVariant("anomalyclip", "visa", 15),
+    ReleasedVariant("adaclip", "mvtec+colondb"),
+    ReleasedVariant("adaclip", "visa+clinicdb"),
+    ReleasedVariant("crane", "mvtec", 5),
+    ReleasedVariant("crane", "visa", 5),
+    ReleasedVariant("crane+", "mvtec", 5),
+    ReleasedVariant("crane+", "mvtec", 1),
+    ReleasedVariant("crane+", "visa", 5),
+)
+
+
+def released_variant_card(variant: ReleasedVariant, repo_id: str):
+    """The model card of `variant` on the default backbone (openai/clip-vit-large-patch14-336), built on
+    the meta device: no weights needed."""
+    from .model_card import build_model_card
+
+    cls = model_class(variant.kind)
+    config = cls.config_class(**variant.config_settings(24))
+    with torch.device("meta"):
+        model = cls(config)
+    return build_model_card(model, **released_card_kwargs(variant, model, repo_id))
+
 def released_card_kwargs(variant: ReleasedVariant, model: ZSADPreTrainedModel, repo_id: str | None = None) -> dict[str, Any]:
     """`build_model_card` arguments for an imported checkpoint: license, source, protocol, reported numbers."""
     from huggingface_hub import EvalResult
@@ -588,8 +616,8 @@ def released_card_kwargs(variant: ReleasedVariant, model: ZSADPreTrainedModel, r
             )
     elif variant.kind == "adaclip":
         results = (
-            "The AdaCLIP authors publish their numbers as images of tables; no first-party numbers were "
-            "available to record here, and zsad has not measured this checkpoint."
+            "The AdaCLIP repository shows its results as table images; no first-party numbers could be "
+            "read to record here, and zsad has not measured this checkpoint."
         )
     else:
         results = (
@@ -608,8 +636,8 @@ def released_card_kwargs(variant: ReleasedVariant, model: ZSADPreTrainedModel, r
             "`categories=` to the forward (the imported config holds the single name `object`)."
         )
     provenance = (
-        f"Converted by `zsad import-checkpoint {variant.kind}` from the weights released by the {source.name} "
-        f"authors ({source.repository}, commit {source.commit}, {source.license.upper()} license), "
+        f"Converted by `zsad import-checkpoint {variant.kind}` from the weights released by the "
+        f"{source.name.rstrip('+')} authors ({source.repository}, commit {source.commit}, {source.license.upper()} license), "
         f"{variant.training_protocol}"
         + (f" (epoch {variant.epoch})" if variant.epoch is not None else "")
         + ". The adapter tensors are the released values, unchanged (fp32, not rounded to fp16)."
