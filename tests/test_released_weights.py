@@ -351,3 +351,34 @@ def test_adaclip_extra_key_is_refused(adaclip_backbone, tmp_path, capsys):
     code, _, stderr = run_cli(capsys, "import-checkpoint", "adaclip", file, tmp_path / "out", "--backbone", adaclip_backbone,
                               "--trained-on", "visa+clinicdb")
     assert code == 2 and "unexpected key 'clip_model.patch_token_layer.head.4.weight'" in stderr and stderr.count("\n") == 1
+
+
+def test_publish_released_turns_a_release_folder_into_push_ready_folders(tiny_backbone_9, adaclip_backbone, tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("publish_released", Path(__file__).resolve().parents[1] / "examples" / "publish_released.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    released = tmp_path / "released"
+    object_agnostic_file(tiny_backbone_9, released / "AnomalyCLIP" / "checkpoints" / "9_12_4_multiscale_visa" / "epoch_15.pth", projections=True)
+    object_agnostic_file(tiny_backbone_9, released / "AnomalyCLIP" / "checkpoints" / "9_12_4_multiscale" / "epoch_15.pth", projections=True, seed=1)
+    out = tmp_path / "out"
+    assert script.main([str(released), str(out), "--backbone", str(tiny_backbone_9), "--org", "acme"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["anomalyclip-vit-large-patch14-336-trained-on-mvtec", "anomalyclip-vit-large-patch14-336-trained-on-visa"]
+    card = (out / names[1] / "README.md").read_text()
+    assert f'AutoModel.from_pretrained("acme/{names[1]}")' in card and "trained on the VisA test split; zero-shot on MVTec AD" in card
+    assert model_index(out / names[1]) == {
+        ("MVTec AD", "image-classification", "roc_auc"): 91.5, ("MVTec AD", "image-classification", "average_precision"): 96.2,
+        ("MVTec AD", "image-segmentation", "roc_auc"): 91.1, ("MVTec AD", "image-segmentation", "aupro"): 81.4,
+    }
+    capsys.readouterr()
+    code, stdout, _ = run_cli(capsys, "push", out / names[0], f"acme/{names[0]}", "--dry-run")
+    assert code == 0 and all(name in stdout for name in ("config.json", "model.safetensors", "README.md", "modeling_zsad.py"))
+    ada = tmp_path / "pretrained_all.pth"
+    adaclip_file(ada, 32, 32, 32)
+    assert script.main([str(tmp_path / "empty"), str(tmp_path / "out2"), "--backbone", str(adaclip_backbone),
+                        "--adaclip", f"{ada}=visa+clinicdb"]) == 0
+    assert (tmp_path / "out2" / "adaclip-vit-large-patch14-336-trained-on-visa-and-clinicdb" / "model.safetensors").is_file()
+    assert script.main([str(tmp_path / "empty"), str(tmp_path / "out3")]) == 2
+    assert "no released checkpoint found" in capsys.readouterr().err
