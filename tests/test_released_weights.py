@@ -88,7 +88,7 @@ def dino14(tmp_path_factory):
 
 
 def documented_transform(state):
-    """CHECKPOINTS.md §2.3: contexts stacked (normal = pos, anomaly = neg), deep tokens stacked."""
+    """docs/released_weights.md: contexts stacked (normal = pos, anomaly = neg), deep tokens stacked."""
     return {
         "prompt_learner.context": torch.stack([state["ctx_pos"].reshape(12, -1), state["ctx_neg"].reshape(12, -1)]),
         "prompt_learner.deep_tokens": torch.stack([state[f"compound_prompts_text.{i}"] for i in range(8)]),
@@ -169,7 +169,7 @@ def tiny_backbone_9(tmp_path_factory):
 
 
 def object_agnostic_file(backbone: Path, path: Path, *, projections: bool, seed: int = 0) -> dict:
-    """A file in AnomalyCLIP's (projections=True) or Crane's layout (CHECKPOINTS.md §1.2, §2.2) with
+    """A file in AnomalyCLIP's (projections=True) or Crane's layout (docs/released_weights.md) with
     random learnable tensors and the buffers the reference computes from the backbone's tokenizer and table."""
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(backbone)
@@ -282,7 +282,7 @@ def adaclip_backbone(tmp_path_factory):
 
 
 def adaclip_file(path: Path, text_width: int, vision_width: int, embed: int) -> dict:
-    """AdaCLIP's flat `clip_model.*` layout (CHECKPOINTS.md §3.2), random tensors."""
+    """AdaCLIP's flat `clip_model.*` layout (docs/released_weights.md), random tensors."""
     torch.manual_seed(2)
     state = {}
     for j in range(4):

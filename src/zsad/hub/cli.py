@@ -1,7 +1,8 @@
 """`zsad import-checkpoint` and `zsad push`: released weights in, Hub repositories out.
 
 `register_hub_commands(subparsers)` adds both subcommands to the `zsad` parser. User errors raise the
-CLI's `CommandError` (one stderr line, exit status 2).
+CLI's `CommandError` (one stderr line, exit status 2). Building the parser imports neither torch nor
+transformers; the commands import them when they run.
 """
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..modeling_base import DEFAULT_BACKBONE
-from .import_checkpoint import KINDS
+# The methods whose released weights `zsad import-checkpoint` reads.
+RELEASED_METHODS = ("anomalyclip", "adaclip", "crane", "crane+")
 
 
 def _command_error(message: str) -> Exception:
@@ -20,6 +21,7 @@ def _command_error(message: str) -> Exception:
 
 
 def run_import_checkpoint(args: argparse.Namespace) -> int:
+    from ..modeling_base import DEFAULT_BACKBONE
     from .import_checkpoint import CheckpointImportError, import_released_checkpoint
 
     try:
@@ -27,7 +29,7 @@ def run_import_checkpoint(args: argparse.Namespace) -> int:
             args.method,
             args.file,
             args.out_dir,
-            backbone=args.backbone,
+            backbone=args.backbone or DEFAULT_BACKBONE,
             trained_on=args.trained_on,
             dino_backbone=args.dino_backbone,
         )
@@ -70,11 +72,11 @@ def register_hub_commands(subparsers: argparse._SubParsersAction) -> None:
         description="Convert a released AnomalyCLIP, AdaCLIP, Crane or Crane+ checkpoint (a .pth file, read "
         "with weights_only=True only) into an adapter-only zsad checkpoint plus model card.",
     )
-    parser.add_argument("method", choices=KINDS, help="the method that wrote FILE")
+    parser.add_argument("method", choices=RELEASED_METHODS, help="the method that wrote FILE")
     parser.add_argument("file", metavar="FILE", help="the released .pth file")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="output folder (config, adapter safetensors, card, shim)")
-    parser.add_argument("--backbone", default=DEFAULT_BACKBONE, metavar="ID_OR_DIR",
-                        help=f"CLIP backbone the weights were trained with (default: {DEFAULT_BACKBONE})")
+    parser.add_argument("--backbone", default=None, metavar="ID_OR_DIR",
+                        help="CLIP backbone the weights were trained with (default: openai/clip-vit-large-patch14-336)")
     parser.add_argument("--trained-on", default=None, metavar="NAME",
                         help="training data: mvtec or visa (AnomalyCLIP, Crane, Crane+), mvtec+colondb or "
                         "visa+clinicdb (AdaCLIP); default: from the reference's folder names")

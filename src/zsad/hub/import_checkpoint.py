@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ..modeling_base import DEFAULT_BACKBONE, ZSADPreTrainedModel, _first_line, _load_clip, _load_tokenizer, relative_layer
+from .cli import RELEASED_METHODS
 from .reported_results import (
     ANOMALYCLIP_TABLE,
     CRANE_PLUS_TABLE,
@@ -39,9 +40,8 @@ from .reported_results import (
     ReportedRow,
 )
 
-KINDS = ("anomalyclip", "adaclip", "crane", "crane+")
 
-# Released configurations (CHECKPOINTS.md §1.2, §2.2, §3.2): AnomalyCLIP / Crane prompt learner with 12
+# Released configurations (docs/released_weights.md): AnomalyCLIP / Crane prompt learner with 12
 # context tokens, 8 deep layers of 4 tokens; AdaCLIP with 4 prompted layers of 5 tokens and 4 taps.
 NUM_CONTEXT_TOKENS = 12
 NUM_DEEP_LAYERS = 8
@@ -52,7 +52,7 @@ ADACLIP_LENGTH = 5
 ADACLIP_TAPS = 4
 ADACLIP_PREFIX = "clip_model."
 
-# Relative tolerance of the token-embedding buffers against the backbone's table (CHECKPOINTS.md §4).
+# Relative tolerance of the token-embedding buffers against the backbone's table (docs/released_weights.md).
 EMBEDDING_RTOL = 1e-3
 
 # Known training sets: --trained-on value -> name in cards.
@@ -138,8 +138,8 @@ class ReleasedVariant:
         return f"{method}-vit-large-patch14-336-trained-on-{trained}{suffix}"
 
     def config_settings(self, vision_depth: int) -> dict[str, Any]:
-        """The zsad configuration the reference test script uses for this checkpoint (CHECKPOINTS.md §1.4,
-        §2.4, §3.4), with layers expressed for a backbone of `vision_depth` layers."""
+        """The zsad configuration the reference test script uses for this checkpoint (docs/released_weights.md),
+        with layers expressed for a backbone of `vision_depth` layers."""
         if self.kind == "adaclip":
             taps = sorted({relative_layer(vision_depth, f) for f in (0.25, 0.5, 0.75, 1.0)})
             return {
@@ -254,7 +254,7 @@ def _flat_state(kind: str, loaded: Any, path: Path) -> dict[str, torch.Tensor]:
 
 def expected_layout(kind: str, text_width: int, vision_width: int, embed_dim: int) -> dict[str, tuple[int, ...]]:
     """Key -> shape of a released file at the released configuration, for a backbone of these widths
-    (text 768, vision 1024, projection 768 for ViT-L/14@336; CHECKPOINTS.md §1.2, §2.2, §3.2)."""
+    (text 768, vision 1024, projection 768 for ViT-L/14@336; docs/released_weights.md)."""
     if kind == "adaclip":
         layout: dict[str, tuple[int, ...]] = {}
         for j in range(ADACLIP_DEPTH):
@@ -315,7 +315,7 @@ def check_layout(state: Mapping[str, torch.Tensor], layout: Mapping[str, tuple[i
 
 # ------------------------------------------------------------------------------------------- mapping
 def object_agnostic_adapters(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """AnomalyCLIP / Crane -> zsad `ObjectAgnosticPrompts` (CHECKPOINTS.md §1.3, §2.3): the contexts
+    """AnomalyCLIP / Crane -> zsad `ObjectAgnosticPrompts` (docs/released_weights.md): the contexts
     stacked [normal = pos, anomaly = neg], the deep tokens stacked in file order (token i -> text layer
     i + 2). AnomalyCLIP's unused `compound_prompt_projections` are dropped."""
     context = torch.stack([state["ctx_pos"].reshape(NUM_CONTEXT_TOKENS, -1), state["ctx_neg"].reshape(NUM_CONTEXT_TOKENS, -1)])
@@ -324,7 +324,7 @@ def object_agnostic_adapters(state: Mapping[str, torch.Tensor]) -> dict[str, tor
 
 
 def adaclip_adapters(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """AdaCLIP -> zsad (CHECKPOINTS.md §3.3): static prompts stacked per layer, the five per-token
+    """AdaCLIP -> zsad (docs/released_weights.md): static prompts stacked per layer, the five per-token
     generator heads concatenated along the output dimension (row block i = token i), projections as is."""
     def stack(name: str, count: int) -> torch.Tensor:
         return torch.stack([state[f"{name}.{j}"] for j in range(count)])
@@ -369,7 +369,7 @@ def check_prompt_ids(state: Mapping[str, torch.Tensor], prompt_token_ids: list[l
 def check_embedding_buffers(
     state: Mapping[str, torch.Tensor], prompt_token_ids: list[list[int]], token_embedding: torch.Tensor, path: Path
 ) -> float:
-    """Check the file's token-embedding buffers (CHECKPOINTS.md §4).
+    """Check the file's token-embedding buffers (docs/released_weights.md).
 
     Backbone-free checks refuse the file: both prefixes are equal, and suffix rows of equal token ids are
     equal. Returns the largest difference, relative to the table's largest magnitude, between the buffers
@@ -421,8 +421,8 @@ def infer_epoch(path: Path) -> int | None:
 
 
 def resolve_variant(kind: str, path: Path, trained_on: str | None) -> ReleasedVariant:
-    if kind not in KINDS:
-        raise CheckpointImportError(f"unknown method {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind not in RELEASED_METHODS:
+        raise CheckpointImportError(f"unknown method {kind!r}; choose one of {', '.join(RELEASED_METHODS)}")
     choices = TRAINED_ON_CHOICES[kind]
     if trained_on is None:
         trained_on = infer_trained_on(kind, path)
