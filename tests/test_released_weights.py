@@ -382,3 +382,25 @@ def test_publish_released_turns_a_release_folder_into_push_ready_folders(tiny_ba
     assert (tmp_path / "out2" / "adaclip-vit-large-patch14-336-trained-on-visa-and-clinicdb" / "model.safetensors").is_file()
     assert script.main([str(tmp_path / "empty"), str(tmp_path / "out3")]) == 2
     assert "no released checkpoint found" in capsys.readouterr().err
+
+
+def test_an_epoch_the_authors_do_not_evaluate_gets_no_reported_numbers(tiny_backbone_9, tmp_path, capsys):
+    file = tmp_path / "trained_on_visa_cranep" / "epoch_1.pth"  # Crane+'s epoch 1 is evaluated only for the MVTec AD run
+    object_agnostic_file(tiny_backbone_9, file, projections=False)
+    out = tmp_path / "out"
+    # patch 4: DINOv2 ViT-B/14 cannot give the same patch grid
+    code, _, stderr = run_cli(capsys, "import-checkpoint", "crane+", file, out, "--backbone", tiny_backbone_9)
+    assert code == 2 and "Crane+ cannot run on the backbone" in stderr and "patch size" in stderr and stderr.count("\n") == 1
+    backbone14 = save_tiny_backbone(tmp_path / "clip14", text_layers=9, patch_size=14, image_size=28)
+    object_agnostic_file(backbone14, file, projections=False)
+    code, stdout, stderr = run_cli(capsys, "import-checkpoint", "crane+", file, out, "--backbone", backbone14)
+    assert code == 0, stderr
+    assert "0 datasets of reported numbers" in stdout
+    card = ModelCard.load(out / "README.md")
+    assert "model-index" not in card.data.to_dict()
+    assert "evaluates epoch 5 of this training run; this file is epoch 1" in card.text
+    config = json.loads((out / "config.json").read_text())
+    assert config["dino_config"]["num_register_tokens"] == 4  # the default DINOv2's architecture, offline
+    code, _, stderr = run_cli(capsys, "import-checkpoint", "crane+", file, out, "--backbone", backbone14)
+    assert code == 2 and "already exists and is not an empty folder" in stderr  # never overwritten
+    assert [p.name for p in tmp_path.iterdir() if ".zsad-tmp-" in p.name] == []

@@ -7,6 +7,7 @@ small trainable adapters. By default checkpoints hold the adapters only; the bac
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 import os
@@ -142,6 +143,7 @@ class ZSADConfig(PreTrainedConfig):
         if self.backbone_hidden_act is not None:
             if self.backbone_hidden_act not in ACT2FN:
                 raise ValueError(f"backbone_hidden_act must be a transformers activation name; got {self.backbone_hidden_act!r}")
+            self.clip_config = copy.deepcopy(self.clip_config)  # never change a caller's CLIPConfig
             self.clip_config.text_config.hidden_act = self.backbone_hidden_act
             self.clip_config.vision_config.hidden_act = self.backbone_hidden_act
         depth = self.vision_depth

@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import shutil
+import uuid
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -173,7 +175,7 @@ class ReleasedVariant:
     def reported_rows(self) -> list[ReportedRow]:
         """The paper rows that this very file produced, per the authors' test scripts (none for AdaCLIP,
         whose authors publish no table we could read, nor for an epoch their scripts do not test)."""
-        if self.kind == "adaclip" or self.epoch not in REFERENCE_EPOCHS[self.kind]:
+        if self.kind == "adaclip" or self.epoch not in self.evaluated_epochs:
             return []
         table = {"anomalyclip": ANOMALYCLIP_TABLE, "crane": CRANE_TABLE, "crane+": CRANE_PLUS_TABLE}[self.kind]
         if self.trained_on == "visa":
@@ -181,10 +183,18 @@ class ReleasedVariant:
         elif self.kind == "anomalyclip":
             names = INDUSTRIAL + MEDICAL_ANOMALYCLIP
         elif self.kind == "crane":
-            names = INDUSTRIAL + MEDICAL_CRANE if self.epoch == 5 else ()
+            names = INDUSTRIAL + MEDICAL_CRANE
         else:
             names = MEDICAL_CRANE if self.medical else INDUSTRIAL
         return [table[name] for name in names]
+
+    @property
+    def evaluated_epochs(self) -> tuple[int, ...]:
+        """The epochs of this training run that the authors' test scripts evaluate (Crane+'s epoch 1 only
+        for the MVTec AD run, on the medical sets)."""
+        if self.kind == "crane+" and self.trained_on == "visa":
+            return (5,)
+        return REFERENCE_EPOCHS.get(self.kind, ())
 
     @property
     def metric_names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -468,10 +478,16 @@ def build_config(variant: ReleasedVariant, backbone: str, clip_config: dict, tok
 
         dino_id = dino_backbone or DEFAULT_DINO_BACKBONE
         settings.update(dino_backbone_name_or_path=dino_id, dino_config=_dino_config(dino_id))
-    config = cls.config_class(backbone_name_or_path=backbone, clip_config=clip_config, **settings)
+    try:
+        config = cls.config_class(backbone_name_or_path=backbone, clip_config=clip_config, **settings)
+    except ValueError as error:
+        raise CheckpointImportError(f"{variant.source.name} cannot run on the backbone {backbone!r}: {_first_line(error)}") from None
     if variant.kind == "adaclip" and len(config.feature_layers) != ADACLIP_TAPS:
         raise CheckpointImportError(f"the backbone has {depth} vision layers; AdaCLIP's {ADACLIP_TAPS} taps need at least 4")
-    cls.tokenize_prompts(config, tokenizer)
+    try:
+        cls.tokenize_prompts(config, tokenizer)
+    except ValueError as error:
+        raise CheckpointImportError(f"cannot tokenize the {variant.source.name} prompts with the tokenizer of {backbone!r}: {_first_line(error)}") from None
     return config
 
 
@@ -495,6 +511,9 @@ def import_released_checkpoint(
     from .model_card import write_model_card
 
     path = Path(file)
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CheckpointImportError(f"{out} already exists and is not an empty folder; choose a new OUT_DIR")
     variant = resolve_variant(kind, path, trained_on)
     state = _flat_state(kind, load_released_file(path), path)
     backbone_id = os.fspath(backbone)
@@ -530,14 +549,24 @@ def import_released_checkpoint(
 
     with torch.device("meta"):
         model = model_class(kind)(config)
-    expected = model.adapter_state_dict()
-    if set(adapters) != set(expected):
-        raise CheckpointImportError(f"internal mapping error: {sorted(set(adapters) ^ set(expected))}")
+    unmatched = set(adapters) ^ set(model.adapter_state_dict())
+    if unmatched:
+        raise CheckpointImportError(f"the mapped tensors do not match the zsad model's adapters: {sorted(unmatched)}")
     model.load_state_dict(adapters, strict=False, assign=True)
-    out = Path(out_dir)
-    model.save_pretrained(out, state_dict=dict(adapters))
-    card_kwargs = released_card_kwargs(variant, model, repo_id)
-    write_model_card(model, out, overwrite=True, **card_kwargs)
+    # Written next to OUT_DIR and renamed into place, so a failure never leaves a half-written checkpoint.
+    parent = out.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = parent / f".{out.name}.zsad-tmp-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        model.save_pretrained(staging, state_dict=dict(adapters))
+        write_model_card(model, staging, overwrite=True, **released_card_kwargs(variant, model, repo_id))
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
     return ImportResult(out, variant, adapters, embedding_difference, result_warnings)
 
 
@@ -621,7 +650,7 @@ def released_card_kwargs(variant: ReleasedVariant, model: ZSADPreTrainedModel, r
         )
     else:
         results = (
-            f"The authors' test script evaluates epoch {' or '.join(map(str, REFERENCE_EPOCHS[variant.kind]))}"
+            f"The authors' test script evaluates epoch {' or '.join(map(str, variant.evaluated_epochs))}"
             f" of this training run; this file is epoch {variant.epoch}, so no published numbers apply to it."
         )
     extra = ""
