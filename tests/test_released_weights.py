@@ -193,18 +193,21 @@ def object_agnostic_file(backbone: Path, path: Path, *, projections: bool, seed:
     return state
 
 
-def test_anomalyclip_file_imports(tiny_backbone_9, tmp_path, capsys):
+def test_anomalyclip_file_imports(tiny_backbone_9, tmp_path, capsys, monkeypatch):
     file = tmp_path / "checkpoints" / "9_12_4_multiscale_visa" / "epoch_15.pth"  # trained on MVTec AD
     state = object_agnostic_file(tiny_backbone_9, file, projections=True)
     out = tmp_path / "out"
-    code, stdout, stderr = run_cli(capsys, "import-checkpoint", "anomalyclip", file, out, "--backbone", tiny_backbone_9)
+    monkeypatch.chdir(Path(tiny_backbone_9).parent)  # a relative backbone folder is stored absolute
+    code, stdout, stderr = run_cli(capsys, "import-checkpoint", "anomalyclip", file, out, "--backbone", Path(tiny_backbone_9).name)
     assert code == 0 and stderr == "", stderr  # buffers equal the backbone's table: no warning
+    monkeypatch.chdir(tmp_path)
     written = load_file(out / "model.safetensors")
     assert written.keys() == {"prompt_learner.context", "prompt_learner.deep_tokens"}  # projections dropped
     for key, tensor in documented_transform(state).items():
         assert torch.equal(written[key], tensor)
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "zsad_anomalyclip" and config["feature_layers"] == [4]
+    assert config["backbone_name_or_path"] == str(Path(tiny_backbone_9).resolve())
     assert config["backbone_hidden_act"] == "quick_gelu" and not config["global_post_layernorm"]
     model = AutoModel.from_pretrained(out).eval()
     assert torch.equal(model.prompt_learner.context, documented_transform(state)["prompt_learner.context"])

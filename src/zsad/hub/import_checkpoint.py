@@ -491,6 +491,12 @@ def build_config(variant: ReleasedVariant, backbone: str, clip_config: dict, tok
     return config
 
 
+def _absolute_if_local(name_or_path: str | os.PathLike) -> str:
+    """A local folder as an absolute path (the checkpoint reloads it from any working directory), a Hub id as is."""
+    path = Path(name_or_path).expanduser()
+    return os.fspath(path.resolve()) if path.exists() else os.fspath(name_or_path)
+
+
 def import_released_checkpoint(
     kind: str,
     file: str | os.PathLike,
@@ -516,14 +522,14 @@ def import_released_checkpoint(
         raise CheckpointImportError(f"{out} already exists and is not an empty folder; choose a new OUT_DIR")
     variant = resolve_variant(kind, path, trained_on)
     state = _flat_state(kind, load_released_file(path), path)
-    backbone_id = os.fspath(backbone)
+    backbone_id = _absolute_if_local(backbone)
     clip = _load_clip(backbone_id, dtype=torch.float32)
     tokenizer = _load_tokenizer(backbone_id)
     clip_config = clip.config.to_dict()
     text_width = clip.config.text_config.hidden_size
     layout = expected_layout(kind, text_width, clip.config.vision_config.hidden_size, clip.config.projection_dim)
     check_layout(state, layout, path, kind)
-    config = build_config(variant, backbone_id, clip_config, tokenizer, dino_backbone)
+    config = build_config(variant, backbone_id, clip_config, tokenizer, dino_backbone and _absolute_if_local(dino_backbone))
 
     result_warnings: list[str] = []
     embedding_difference = None
