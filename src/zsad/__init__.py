@@ -12,6 +12,7 @@ from .models.adaclip import AdaCLIPConfig, AdaCLIPModel
 from .models.anomalyclip import AnomalyCLIPConfig, AnomalyCLIPModel
 from .models.crane import CraneConfig, CraneModel
 from .models.daclip import DACLIPConfig, DACLIPModel, DACLIPOutput
+from .models.headclip import HeadCLIPConfig, HeadCLIPModel
 from .models.zsad_clip import ZeroShotCLIPConfig, ZeroShotCLIPModel
 
 __version__ = "0.1.0.dev0"
@@ -21,6 +22,7 @@ MODEL_CLASSES: dict[str, type[ZSADPreTrainedModel]] = {
     "anomalyclip": AnomalyCLIPModel,
     "crane": CraneModel,
     "daclip": DACLIPModel,
+    "headclip": HeadCLIPModel,
     "zsad_clip": ZeroShotCLIPModel,
 }
 
@@ -39,6 +41,8 @@ __all__ = [
     "DACLIPConfig",
     "DACLIPModel",
     "DACLIPOutput",
+    "HeadCLIPConfig",
+    "HeadCLIPModel",
     "MODEL_CLASSES",
     "ZSADConfig",
     "ZSADImageProcessor",
