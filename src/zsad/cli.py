@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from .calibration import register_calibrate_command
 from .data.cli import register_convert_command
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -220,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_detect_command(subparsers)
     add_evaluate_command(subparsers)
     register_convert_command(subparsers)
+    register_calibrate_command(subparsers)
     return parser
 
 
