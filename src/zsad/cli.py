@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .calibration import register_calibrate_command
 from .data.cli import register_convert_command
+from .export import register_export_command
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 DEFAULT_BACKBONE = "openai/clip-vit-large-patch14-336"
@@ -222,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_command(subparsers)
     register_convert_command(subparsers)
     register_calibrate_command(subparsers)
+    register_export_command(subparsers)
     return parser
 
 

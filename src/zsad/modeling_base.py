@@ -417,6 +417,16 @@ class ZSADPreTrainedModel(PreTrainedModel):
                 commit_message=commit_message or f"Upload {type(self).__name__}",
             )
 
+    def onnx_export_blocker(self) -> str | None:
+        """Why `zsad.export.export_onnx` cannot export this model as configured, or None.
+
+        The export bakes the text features in as constants, so every model whose text depends on the
+        image (or on its category) is refused.
+        """
+        if self.class_aware:
+            return "its text prompts depend on each image's category (class-aware prompts)"
+        return None
+
     def image_processor(self) -> ZSADImageProcessor:
         """The `ZSADImageProcessor` for this model's input size (saved with every checkpoint)."""
         return ZSADImageProcessor(image_size=self.config.image_size)
