@@ -133,7 +133,8 @@ def dual_path_attention(
 
     Returns `(standard, dense)`, both after `out_proj`; `dense` is None when `dense_kinds` is empty.
     The q/k/v projections run once; the standard and every dense self-correlation share one SDPA call
-    (stacked along the batch) and one `out_proj` matmul. `head_weights` / `dense_head_weights` (`(H,)`
+    (stacked along the batch); the dense self-correlations are summed per head before the shared
+    `out_proj` matmul, so a dense attention of any kind costs one extra `out_proj`. `head_weights` / `dense_head_weights` (`(H,)`
     or `(B, H)`) scale each head's output of the standard / dense attention before `out_proj`.
     """
     attention = layer.self_attn
@@ -147,21 +148,16 @@ def dual_path_attention(
     values = v.repeat(1 + len(dense_kinds), 1, 1, 1) if dense_kinds else v
     out = F.scaled_dot_product_attention(queries, keys, values, scale=attention.scale)
     batch = hidden_states.shape[0]
+    if dense_kinds:  # W_O(sum_x A_x V) + b: sum the self-correlations before the one dense out_proj
+        out = torch.cat([out[:batch], out[batch:].view(len(dense_kinds), batch, *out.shape[1:]).sum(0)])
     if head_weights is not None or (dense_kinds and dense_head_weights is not None):
         ones = out.new_ones(heads)
         scales = [_head_scale(head_weights if head_weights is not None else ones, batch, heads)]
-        dense_scale = _head_scale(dense_head_weights if dense_head_weights is not None else ones, batch, heads)
-        scales += [dense_scale] * len(dense_kinds)
+        if dense_kinds:
+            scales.append(_head_scale(dense_head_weights if dense_head_weights is not None else ones, batch, heads))
         out = out * torch.cat(scales).to(out.dtype)
     out = attention.out_proj(_merge_heads(out))
-    standard = out[:batch]
-    if not dense_kinds:
-        return standard, None
-    # Sum the self-correlation outputs before the bias: W_O(sum_x A_x V) + b.
-    dense = out[batch:].view(len(dense_kinds), batch, *out.shape[1:]).sum(0)
-    if attention.out_proj.bias is not None:
-        dense = dense - (len(dense_kinds) - 1) * attention.out_proj.bias
-    return standard, dense
+    return (out[:batch], out[batch:]) if dense_kinds else (out, None)
 
 
 def guided_attention_output(layer: CLIPEncoderLayer, normed_patches: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:

@@ -130,6 +130,7 @@ class AdaCLIPModel(ZSADPreTrainedModel):
     }
 
     class_aware = True
+    trains_through_vision = True  # visual prompts: gradients pass through the frozen tower
 
     def __init__(self, config: AdaCLIPConfig):
         super().__init__(config)
