@@ -97,3 +97,19 @@ def test_detect_writes_an_html_report_sorted_by_score(tiny_backbone, tmp_path, s
         assert not link.startswith(("/", "http")) and (out / link).is_file()
     assert {Path(link).name for link in parser.links} == {Path(r["overlay"]).name for r in rows}
     assert "<script" not in page
+
+
+def test_evaluate_heat_maps_outline_the_ground_truth(tiny_backbone, tmp_path):
+    from zsad.data import convert_mvtec
+    from zsad.data.synthetic import write_synthetic_mvtec
+
+    src = write_synthetic_mvtec(tmp_path / "src", num_train=1, num_normal=1, num_anomalous=2, size=28, seed=4)
+    convert_mvtec(src, tmp_path / "data", dataset_name="syn")
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(tmp_path / "data"), "--backbone", tiny_backbone, "--image-size", "28",
+                 "--heatmaps-per-category", "3", "--out", str(out)]) == 0
+    panels = sorted((out / "data" / "heatmaps" / "texture_noise").iterdir())
+    assert len(panels) == 3
+    for panel in panels:
+        green = np.all(np.asarray(Image.open(panel).convert("RGB")) == (0, 255, 0), axis=-1).any()
+        assert green == panel.name.startswith("anomaly_"), panel.name  # outlines only where there is a defect
