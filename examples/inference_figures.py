@@ -10,6 +10,7 @@ used, so the heat maps show the layout of the pictures, not detection quality.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import tempfile
@@ -48,10 +49,12 @@ def main() -> None:
     parser.add_argument("--out", default="docs/images")
     parser.add_argument("--chromium", default="chromium", help="headless browser for the report screenshot")
     args = parser.parse_args()
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    here = Path.cwd()
     with tempfile.TemporaryDirectory() as work:
-        work = Path(work)
+        os.chdir(work)  # relative paths in the report's title and captions
+        work = Path(".")
         backbone = args.backbone or str(save_tiny_backbone(work / "tiny-clip"))
         model = ZeroShotCLIPModel.from_backbone(backbone, image_size=56).eval()
         model.config.image_threshold = 0.5
@@ -68,13 +71,15 @@ def main() -> None:
                       ground_truth=np.asarray(mask) > 0, title=path.name).save(out / "panel.png")
 
         report_dir = work / "report"
-        assert zsad_main(["detect", str(work / "images"), "--model", str(work / "model"), "--out", str(report_dir), "--quiet"]) == 0
+        assert zsad_main(["detect", "images", "--model", "model", "--out", str(report_dir), "--quiet"]) == 0
         screenshot = out / "report.png"
         subprocess.run(
             [shutil.which(args.chromium) or args.chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
              f"--screenshot={screenshot.resolve()}", "--window-size=1100,760", (report_dir / "report.html").resolve().as_uri()],
             check=True, capture_output=True, timeout=120,
         )
+        Image.open(screenshot).convert("RGB").quantize(256, dither=Image.Dither.FLOYDSTEINBERG).save(screenshot, optimize=True)  # a small PNG for the docs
+        os.chdir(here)
     print(f"wrote {out / 'panel.png'} and {screenshot}")
 
 
