@@ -13,8 +13,8 @@ from pathlib import Path
 
 from .calibration import register_calibrate_command
 from .data.cli import register_convert_command
-from .visualize import MAP_SCALES
 from .export import register_export_command
+from .visualize import MAP_SCALES
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 DEFAULT_BACKBONE = "openai/clip-vit-large-patch14-336"
@@ -98,7 +98,7 @@ def run_detect(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .clip.processing import ImageLoadError, ZSADImageProcessor, load_image, to_rgb
-    from .pipeline import LABELS
+    from .modeling_base import LABELS
     from .report import DetectReport
 
     if args.batch_size < 1:

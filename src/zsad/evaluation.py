@@ -54,7 +54,7 @@ def _save_heatmaps(batch, output, folder: Path, saved: dict[str, int], limit: in
     """Panels (input | overlay with the ground-truth outline | colour bar, with score and decision) of the
     de-normalised inputs, per category up to `limit` images. Absolute probability colours."""
     from .clip.processing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-    from .pipeline import LABELS
+    from .modeling_base import LABELS
     from .visualize import anomaly_panel
     from PIL import Image
 

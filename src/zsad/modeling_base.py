@@ -68,6 +68,9 @@ IMAGE_SCORES = ("global", "joint")
 REFERENCE_IMAGE_SIZE = 518  # 37 x 37 patches of 14 px (METHODS.md §1)
 
 
+LABELS = ("normal", "anomalous")  # the names of the decisions 0 and 1 (`pred_labels`)
+
+
 def exceeds(values: torch.Tensor, threshold: float) -> torch.Tensor:
     """The decision rule of every threshold in zsad: anomalous where `values >= threshold`."""
     return values >= threshold

@@ -17,10 +17,9 @@ from transformers import AutoModel, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .clip.processing import ImageInput, load_image, to_rgb
-from .modeling_base import exceeds
+from .modeling_base import LABELS, exceeds
 
 TASK = "zero-shot-anomaly-detection"
-LABELS = ("normal", "anomalous")
 
 
 class ZeroShotAnomalyDetectionPipeline(Pipeline):
