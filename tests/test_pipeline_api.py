@@ -166,3 +166,26 @@ def test_post_process_anomaly_maps_sizes_and_values():
     assert float(resized[0].min()) >= float(maps[0].min()) and float(resized[0].max()) <= float(maps[0].max())
     with pytest.raises(ValueError, match="2 anomaly maps but 1 target sizes"):
         processor.post_process_anomaly_maps(outputs, target_sizes=[(4, 4)])
+
+
+def test_auto_image_processor_with_remote_code_needs_no_import(checkpoint, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    assert json.loads((Path(checkpoint) / "preprocessor_config.json").read_text())["auto_map"] == {
+        "AutoImageProcessor": "modeling_zsad.ZSADImageProcessor"
+    }
+    script = (
+        "import sys\n"
+        "from transformers import AutoImageProcessor\n"
+        "assert 'zsad' not in sys.modules\n"
+        f"processor = AutoImageProcessor.from_pretrained({checkpoint!r}, trust_remote_code=True)\n"
+        "print(type(processor).__name__, processor.image_size)\n"
+    )
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-2:] == ["ZSADImageProcessor", "56"]

@@ -24,7 +24,7 @@ from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput
 from .clip.processing import ZSADImageProcessor
 from .clip.text import TokenizedPrompts
 from .clip.vision import DENSE_ATTENTION_KINDS, VisionFeatures, encode_image
-from .hub.remote_code import write_remote_code_shim
+from .hub.remote_code import IMAGE_PROCESSOR_AUTO_MAP, write_remote_code_shim
 from .scoring import (
     JOINT_SCORE_POOLINGS,
     anomaly_maps_from_probabilities,
@@ -381,7 +381,9 @@ class ZSADPreTrainedModel(PreTrainedModel):
                 # A training-free model has no adapter tensor; transformers then writes no weights file,
                 # which from_pretrained requires.
                 save_file({}, weights, metadata={"format": "pt"})
-            self.image_processor().save_pretrained(save_directory)
+            processor = self.image_processor()
+            processor.auto_map = IMAGE_PROCESSOR_AUTO_MAP  # AutoImageProcessor with trust_remote_code, no import
+            processor.save_pretrained(save_directory)
             write_model_card(self, save_directory, overwrite=False)
         finally:
             self.config.save_backbone = previous
