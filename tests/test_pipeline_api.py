@@ -103,6 +103,8 @@ def test_thresholds_give_labels_and_masks(tiny_anomalyclip, tmp_path):
         assert np.array_equal(mask == 255, (anomaly_map >= pixel_threshold).numpy())
     overridden = pipeline("zero-shot-anomaly-detection", model=str(tmp_path))(images[0], image_threshold=2.0)
     assert overridden["label"] == "normal"
+    with pytest.raises(TypeError, match="unknown zero-shot-anomaly-detection pipeline argument"):
+        pipeline("zero-shot-anomaly-detection", model=str(tmp_path))(images[0], image_treshold=0.5)
 
 
 def test_forward_adds_pred_labels_and_pred_masks_only_with_thresholds(tiny_anomalyclip):

@@ -68,6 +68,8 @@ class ZeroShotAnomalyDetectionPipeline(Pipeline):
     def _sanitize_parameters(
         self, image_threshold: float | None = None, pixel_threshold: float | None = None, **kwargs: Any
     ) -> tuple[dict, dict, dict]:
+        if kwargs:
+            raise TypeError(f"unknown zero-shot-anomaly-detection pipeline argument(s): {', '.join(sorted(kwargs))}")
         postprocess = {}
         if image_threshold is not None:
             postprocess["image_threshold"] = float(image_threshold)
