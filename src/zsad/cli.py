@@ -14,6 +14,7 @@ from pathlib import Path
 from .calibration import register_calibrate_command
 from .data.cli import register_convert_command
 from .export import register_export_command
+from .hub.cli import register_hub_commands
 from .visualize import MAP_SCALES
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -233,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_convert_command(subparsers)
     register_calibrate_command(subparsers)
     register_export_command(subparsers)
+    register_hub_commands(subparsers)
     return parser
 
 
