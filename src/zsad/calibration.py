@@ -1,4 +1,4 @@
-"""Decision thresholds from data: `calibrate_thresholds` and the `zsad calibrate` command.
+"""Decision thresholds from data: `calibrate_thresholds` (`zsad calibrate`, in `zsad.inference_cli`).
 
 Semantics (docs/inference.md, "Thresholds"): an image is anomalous when `pred_score >= image_threshold`,
 a pixel when `anomaly_map >= pixel_threshold`.
@@ -14,21 +14,19 @@ a pixel when `anomaly_map >= pixel_threshold`.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .inference_cli import DEFAULT_FPR
 from .metrics import BinnedPixelCounts, binary_clf_curve
 from .metrics.classification import f1_optimal_threshold, fpr_threshold
 from .training import model_inputs
-
-DEFAULT_FPR = 0.01
 
 
 @dataclass
@@ -146,58 +144,3 @@ def write_thresholds(checkpoint: str | Path, calibration: Calibration) -> Path:
     config["pixel_threshold"] = calibration.pixel_threshold
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return path
-
-
-def run_calibrate(args: argparse.Namespace) -> int:
-    from .cli import CommandError, load_detector, resolve_device
-    from .data import DataError
-
-    local = args.model is not None and (Path(args.model) / "config.json").is_file()
-    if args.out is None and not local:
-        raise CommandError("--out is needed unless --model is a local checkpoint folder (whose config.json is updated)")
-    if args.batch_size < 1:
-        raise CommandError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if not 0.0 <= args.fpr < 1.0:
-        raise CommandError(f"--fpr must be within [0, 1), got {args.fpr}")
-    model = load_detector(args.model, args.backbone, args.object_name).to(resolve_device(args.device))
-    try:
-        calibration = calibrate_dataset(
-            model, args.data, split=args.split, categories=args.categories, batch_size=args.batch_size,
-            fpr=args.fpr, show_progress=not args.quiet,
-        )
-    except (DataError, ValueError) as error:
-        raise CommandError(str(error).strip().splitlines()[0]) from error
-    if args.out is not None:
-        calibration.apply(model.config)
-        model.save_pretrained(args.out)
-        target = Path(args.out) / "config.json"
-    else:
-        target = write_thresholds(args.model, calibration)
-    print(json.dumps(asdict(calibration), indent=2))
-    print(f"thresholds written to {target}")
-    return 0
-
-
-def register_calibrate_command(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "calibrate",
-        help="choose image and pixel decision thresholds on data",
-        description="Set image_threshold and pixel_threshold in a checkpoint's config: F1-optimal when the data "
-        "has anomalous images (masks for the pixel threshold), else the (1 - fpr) quantile of the normal "
-        "images' scores. Anomalous means score >= threshold.",
-    )
-    parser.add_argument("data", help="anomaly data: a converted folder, parquet, imagefolder or Hub id (as zsad evaluate)")
-    parser.add_argument("--model", help="zsad checkpoint; a local folder's config.json is updated in place unless --out")
-    parser.add_argument("--out", help="write the calibrated checkpoint here instead")
-    parser.add_argument("--fpr", type=float, default=DEFAULT_FPR,
-                        help=f"target false-positive rate on normal images when there are no anomalies (default {DEFAULT_FPR})")
-    parser.add_argument("--backbone", help="CLIP backbone for ZeroShotCLIP, or a mirror of the checkpoint's backbone")
-    parser.add_argument("--object-name", help="object word in ZeroShotCLIP's prompts")
-    parser.add_argument("--split", default="test", help="split of the data (default: test; the train split of "
-                        "MVTec-like data holds normal images only, so it gives the FPR quantile)")
-    parser.add_argument("--categories", nargs="+")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run_calibrate)
-    return parser

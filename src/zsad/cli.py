@@ -11,10 +11,9 @@ import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .calibration import register_calibrate_command
 from .data.cli import register_convert_command
-from .export import register_export_command
 from .hub.cli import register_hub_commands
+from .inference_cli import register_calibrate_command, register_export_command
 from .visualize import MAP_SCALES
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}

@@ -1,4 +1,4 @@
-"""ONNX export: `export_onnx(model, folder)` and `zsad export --format onnx MODEL OUT`.
+"""ONNX export: `export_onnx(model, folder)` (`zsad export --format onnx MODEL OUT`, in `zsad.inference_cli`).
 
 The graph maps `pixel_values (batch, 3, S, S)` (the `ZSADImageProcessor` output) to `pred_scores (batch,)`
 and `anomaly_maps (batch, S, S)`: the vision pass, the similarities, the upsampling and the Gaussian blur
@@ -9,7 +9,6 @@ the image size fixed. Models whose text depends on the image or its category can
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -85,37 +84,3 @@ def export_onnx(model, folder: str | Path, *, opset_version: int | None = None) 
     }
     (folder / EXPORT_CONFIG_NAME).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
     return path
-
-
-def run_export(args: argparse.Namespace) -> int:
-    from .cli import CommandError, load_detector
-
-    try:
-        import onnx  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError as error:
-        raise CommandError(f"ONNX export needs the export extra: pip install 'zsad[export]' ({error})") from error
-    model = load_detector(args.model, args.backbone, None)
-    try:
-        path = export_onnx(model, args.out, opset_version=args.opset)
-    except ExportError as error:
-        raise CommandError(str(error)) from error
-    print(f"exported {type(model).__name__} to {path}")
-    return 0
-
-
-def register_export_command(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "export",
-        help="export a model to ONNX",
-        description="Export a zsad model to ONNX (pixel_values -> pred_scores, anomaly_maps; text features baked in, "
-        "dynamic batch axis, Gaussian blur in the graph). Class-aware or image-conditioned text (AdaCLIP, Crane with "
-        "prompt_conditioning='always') cannot be exported.",
-    )
-    parser.add_argument("model", help="zsad checkpoint: Hub id or local folder")
-    parser.add_argument("out", help="output folder (model.onnx, preprocessor_config.json, onnx_config.json)")
-    parser.add_argument("--format", default="onnx", choices=["onnx"])
-    parser.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
-    parser.add_argument("--backbone", help="a local mirror of the checkpoint's CLIP backbone")
-    parser.set_defaults(func=run_export)
-    return parser

@@ -11,10 +11,15 @@ Map normalisation is an explicit choice (`MAP_SCALES`, docs/inference.md):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+if TYPE_CHECKING:
+    import torch
+
+MapLike = Union["torch.Tensor", np.ndarray]  # torch is not imported here: `zsad --help` stays fast
 
 MAP_SCALES = ("absolute", "image", "run")
 
@@ -37,8 +42,8 @@ def colorize(values: np.ndarray) -> np.ndarray:
     return np.rint(colours * 255).astype(np.uint8)
 
 
-def _as_array(anomaly_map: torch.Tensor | np.ndarray) -> np.ndarray:
-    if isinstance(anomaly_map, torch.Tensor):
+def _as_array(anomaly_map: MapLike) -> np.ndarray:
+    if hasattr(anomaly_map, "detach"):  # a torch tensor
         values = anomaly_map.detach().float().cpu().numpy()
     else:
         values = np.asarray(anomaly_map, dtype=np.float32)
@@ -47,7 +52,7 @@ def _as_array(anomaly_map: torch.Tensor | np.ndarray) -> np.ndarray:
     return values
 
 
-def map_value_ranges(maps: Sequence[torch.Tensor | np.ndarray], scale: str = "absolute") -> list[tuple[float, float]]:
+def map_value_ranges(maps: Sequence[MapLike], scale: str = "absolute") -> list[tuple[float, float]]:
     """The colour range of each map under `scale` (one of `MAP_SCALES`)."""
     if scale not in MAP_SCALES:
         raise ValueError(f"scale must be one of {MAP_SCALES}; got {scale!r}")
@@ -64,7 +69,7 @@ def map_value_ranges(maps: Sequence[torch.Tensor | np.ndarray], scale: str = "ab
 
 def overlay_anomaly_map(
     image: Image.Image,
-    anomaly_map: torch.Tensor | np.ndarray,
+    anomaly_map: MapLike,
     *,
     alpha: float = 0.5,
     value_range: tuple[float, float] | None = (0.0, 1.0),
@@ -82,7 +87,7 @@ def overlay_anomaly_map(
     return Image.blend(image.convert("RGB"), heat, alpha)
 
 
-def draw_contour(image: Image.Image, mask: torch.Tensor | np.ndarray, colour: tuple[int, int, int] = CONTOUR_COLOUR) -> Image.Image:
+def draw_contour(image: Image.Image, mask: MapLike, colour: tuple[int, int, int] = CONTOUR_COLOUR) -> Image.Image:
     """`image` with the outline of the binary `mask` (any size; resized to the image) drawn in `colour`."""
     values = _as_array(mask) > 0.5
     region = Image.fromarray(values.astype(np.uint8) * 255, mode="L").resize(image.size, Image.Resampling.NEAREST)
@@ -119,12 +124,12 @@ def colour_bar(height: int, value_range: tuple[float, float], width: int = 16) -
 
 def anomaly_panel(
     image: Image.Image,
-    anomaly_map: torch.Tensor | np.ndarray,
+    anomaly_map: MapLike,
     *,
     score: float | None = None,
     label: str | None = None,
     value_range: tuple[float, float] = (0.0, 1.0),
-    ground_truth: torch.Tensor | np.ndarray | None = None,
+    ground_truth: MapLike | None = None,
     title: str | None = None,
     alpha: float = 0.5,
 ) -> Image.Image:
