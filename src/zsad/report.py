@@ -116,10 +116,6 @@ class DetectReport:
         else:
             self._write_panel(item, image, anomaly_map, self._range(anomaly_map))
 
-    def add_existing(self, image_path: str | Path, score: float, label: str | None, panel: str) -> None:
-        """Record an image whose panel an earlier run wrote (e.g. `--resume`)."""
-        self.items.append(ReportItem(str(image_path), float(score), label, panel))
-
     def _range(self, anomaly_map) -> tuple[float, float]:
         from .visualize import map_value_ranges
 
