@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from zsad import AdaCLIPModel, AnomalyCLIPModel, CraneModel, ZeroShotCLIPModel
+from zsad import AdaCLIPModel, AnomalyCLIPModel, CraneModel, HeadCLIPModel, ZeroShotCLIPModel
 from zsad.cli import main
 
 ort = pytest.importorskip("onnxruntime", reason="ONNX export tests need the export extra: pip install 'zsad[export]'")
@@ -30,9 +30,19 @@ def trained_stand_in(model):
     return model.eval()
 
 
-@pytest.mark.parametrize("model_class", [ZeroShotCLIPModel, AnomalyCLIPModel, CraneModel])
-def test_onnxruntime_equals_torch(model_class, tiny_backbone, tmp_path, capsys):
-    model = trained_stand_in(model_class.from_backbone(tiny_backbone, image_size=SIZE))
+@pytest.mark.parametrize(
+    ("model_class", "options"),
+    [
+        (ZeroShotCLIPModel, {}),
+        (AnomalyCLIPModel, {}),
+        (CraneModel, {}),
+        (HeadCLIPModel, {}),  # static head weights, joint image score
+        (HeadCLIPModel, {"head_weight_mode": "dynamic"}),  # head weights from each image's prompt-free pass
+    ],
+    ids=["zsad_clip", "anomalyclip", "crane", "headclip", "headclip-dynamic"],
+)
+def test_onnxruntime_equals_torch(model_class, options, tiny_backbone, tmp_path, capsys):
+    model = trained_stand_in(model_class.from_backbone(tiny_backbone, image_size=SIZE, **options))
     model.config.image_threshold = 0.42
     model.save_pretrained(tmp_path / "ckpt")
     assert main(["export", "--format", "onnx", str(tmp_path / "ckpt"), str(tmp_path / "onnx")]) == 0
