@@ -1,10 +1,11 @@
 """zsad: zero-shot anomaly detection with CLIP, as Hugging Face `transformers` models.
 
-Importing zsad registers every model type with `AutoConfig` / `AutoModel`, so
-`AutoModel.from_pretrained("org/anomalyclip")` returns the right class.
+Importing zsad registers every model type with `AutoConfig` / `AutoModel` / `AutoImageProcessor`, so
+`AutoModel.from_pretrained("org/anomalyclip")` returns the right class, and the
+`"zero-shot-anomaly-detection"` pipeline (`transformers.pipeline`).
 """
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
 from .clip.processing import ZSADImageProcessor
 from .modeling_base import AnomalyDetectionOutput, ZSADConfig, ZSADPreTrainedModel
@@ -29,6 +30,15 @@ MODEL_CLASSES: dict[str, type[ZSADPreTrainedModel]] = {
 for _model_class in MODEL_CLASSES.values():
     AutoConfig.register(_model_class.config_class.model_type, _model_class.config_class, exist_ok=True)
     AutoModel.register(_model_class.config_class, _model_class, exist_ok=True)
+    AutoImageProcessor.register(
+        _model_class.config_class,
+        image_processor_classes={"pil": ZSADImageProcessor, "torchvision": ZSADImageProcessor},
+        exist_ok=True,
+    )
+
+from .pipeline import ZeroShotAnomalyDetectionPipeline, register_pipeline  # noqa: E402
+
+register_pipeline()
 
 __all__ = [
     "AdaCLIPConfig",
@@ -48,5 +58,6 @@ __all__ = [
     "ZSADImageProcessor",
     "ZSADPreTrainedModel",
     "ZeroShotCLIPConfig",
+    "ZeroShotAnomalyDetectionPipeline",
     "ZeroShotCLIPModel",
 ]
