@@ -249,8 +249,11 @@ class ZSADPreTrainedModel(PreTrainedModel):
         dtype: torch.dtype | None = None,
         **config_kwargs: Any,
     ) -> ZSADPreTrainedModel:
-        """Build a fresh model (untrained adapters) on the CLIP weights and tokenizer at `backbone_name_or_path`."""
-        backbone_id = os.fspath(backbone_name_or_path)
+        """Build a fresh model (untrained adapters) on the CLIP weights and tokenizer at `backbone_name_or_path`.
+
+        A local folder is stored as an absolute path, so the checkpoint loads from any working directory.
+        """
+        backbone_id = backbone_reference(backbone_name_or_path)
         backbone = _load_clip(backbone_id, dtype=dtype)
         tokenizer = _load_tokenizer(backbone_id)
         config = cls.config_class(
@@ -274,7 +277,7 @@ class ZSADPreTrainedModel(PreTrainedModel):
         """
         model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         if backbone_name_or_path is not None:
-            model.config.backbone_name_or_path = os.fspath(backbone_name_or_path)
+            model.config.backbone_name_or_path = backbone_reference(backbone_name_or_path)
         if not model.config.save_backbone:
             model.load_backbone(model.config.backbone_name_or_path)
             model.load_extra_backbones()
@@ -449,6 +452,12 @@ def detection_output(
         image_logits=image_logits,
     )
     return output if return_dict is not False else output.to_tuple()
+
+
+def backbone_reference(backbone_name_or_path: str | os.PathLike) -> str:
+    """How a config stores a backbone: an existing local folder as an absolute path, a Hub id as given."""
+    path = Path(os.fspath(backbone_name_or_path)).expanduser()
+    return os.fspath(path.resolve()) if path.is_dir() else os.fspath(backbone_name_or_path)
 
 
 def _load_clip(backbone_id: str, dtype: torch.dtype | None) -> CLIPModel:
