@@ -258,7 +258,8 @@ def run_detect(args: argparse.Namespace) -> int:
     failures: list[str] = []
     try:
         with open(out_dir / "scores.csv", "a", newline="", encoding="utf-8") as handle, \
-                tqdm(total=len(paths), initial=len(rows), desc="zsad detect", unit="img", disable=args.quiet) as progress:
+                tqdm(total=len(paths), initial=len(rows), desc="zsad detect", unit="img",
+                     disable=True if args.quiet else None) as progress:
             writer = csv.DictWriter(handle, fieldnames=SCORE_FIELDS)
             for batch_paths in _batches(todo, args.batch_size):
                 images, kept = [], []
@@ -378,21 +379,33 @@ def add_evaluate_command(subparsers) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .data.cli import register_convert_command
-
+    """The `zsad` parser. `convert` is listed here and parsed by `zsad.data.cli` (see `main`), so
+    building this parser imports nothing heavy."""
     parser = ArgumentParser(prog="zsad", description="Zero-shot anomaly detection with CLIP.")
     parser.add_argument("--version", action="version", version=f"zsad {__version__}")
     add_debug_flag(parser)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_detect_command(subparsers)
     add_evaluate_command(subparsers)
-    register_convert_command(subparsers)
+    subparsers.add_parser("convert", add_help=False,
+                          help="convert an anomaly-detection dataset on disk to the zsad schema (parquet or imagefolder)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["convert"]:
+        from .data.cli import main as convert_main
+
+        try:
+            return convert_main(argv)
+        except SystemExit as done:
+            return done.code if isinstance(done.code, int) else 2
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, --version, or a one-line usage error (exit 2)
+        return done.code if isinstance(done.code, int) else 2
     if getattr(args, "func", None) is None:
         parser.print_help(sys.stderr)
         return 2

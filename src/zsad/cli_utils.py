@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 # 2048 px is already 22k tokens on a /14 backbone (the reference size is 518).
 MAX_IMAGE_SIZE = 2048
 HUB_PROBE_TIMEOUT_S = 3.0
+_PROBE = ".zsad-write-test-"  # the writability probe of prepare_output_dir (other processes may see it)
 OFFLINE_HINT = "python -m zsad.testing --out DIR writes a tiny random one for a smoke test"
 
 
@@ -33,7 +34,23 @@ class CommandError(Exception):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors (`prog: error: ... (see prog --help)`), exit status 2."""
+    """argparse with one-line errors (`prog: error: ... (see prog --help)`), exit status 2.
+
+    With `hyphen_aliases=True`, every `--snake_case` option also accepts `--snake-case` (shown first in
+    the help), so the example scripts and `zsad` share one flag style and old spellings keep working.
+    """
+
+    def __init__(self, *args, hyphen_aliases: bool = False, **kwargs) -> None:
+        self.hyphen_aliases = hyphen_aliases  # before argparse adds -h/--help
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *names, **kwargs):  # type: ignore[override]
+        if self.hyphen_aliases and names and all(name.startswith("--") for name in names):
+            spelled = [name.replace("_", "-") for name in names if "_" in name]
+            if spelled and "dest" not in kwargs:
+                kwargs["dest"] = names[0][2:]
+            names = tuple(dict.fromkeys([*spelled, *names]))
+        return super().add_argument(*names, **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -118,14 +135,14 @@ def prepare_output_dir(path: str | os.PathLike, *, flag: str, overwrite: bool = 
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise CommandError(f"{flag} {folder} exists and is not a folder; choose another {flag}")
-    if folder.is_dir() and not (overwrite or resume) and any(folder.iterdir()):
+    if folder.is_dir() and not (overwrite or resume) and any(not p.name.startswith(_PROBE) for p in folder.iterdir()):
         hint = f", {resume_flag} to continue the run there" if resume_flag else ""
         raise CommandError(
             f"{flag} {folder} is not empty: pass --overwrite to write over it{hint}, or choose another {flag}"
         )
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        with tempfile.TemporaryFile(dir=folder, prefix=_PROBE):
             pass
     except OSError as error:
         reason = error.strerror or type(error).__name__
@@ -216,6 +233,8 @@ def user_error_message(error: BaseException) -> str | None:
     """The one-line message of a user error (bad input or data), None for anything else (a bug)."""
     if isinstance(error, CommandError):
         return str(error)
+    if isinstance(error, OSError):  # files, disks, network: the message names the path or host
+        return first_line(error)
     # zsad's own input errors; their modules are loaded whenever they can have been raised.
     for module, name in (("zsad.data.errors", "DataError"), ("zsad.clip.processing", "ImageLoadError")):
         error_class = getattr(sys.modules.get(module), name, None)
