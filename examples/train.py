@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train a zsad method's adapters with Accelerate (frozen CLIP; METHODS.md training rows).
+"""Train a zsad method's adapters with Accelerate (frozen CLIP; each method's reference hyperparameters).
 
     accelerate launch examples/train.py --method anomalyclip --dataset data/visa --output_dir out/anomalyclip-visa
 

@@ -308,6 +308,7 @@ def test_local_backbone_is_stored_absolute(tiny_backbone, tmp_path, monkeypatch)
     model.save_pretrained(tmp_path / "ckpt")
     stored = json.loads((tmp_path / "ckpt" / "config.json").read_text())["backbone_name_or_path"]
     assert stored == str(backbone.resolve())
+    assert all(f.stat().st_mode & 0o077 for f in (tmp_path / "ckpt").iterdir())  # not private (0600) files
     monkeypatch.chdir(tmp_path)  # loads from anywhere
     assert AnomalyCLIPModel.from_pretrained(tmp_path / "ckpt").config.backbone_name_or_path == stored
 

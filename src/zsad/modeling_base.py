@@ -2,7 +2,7 @@
 
 A zsad model owns a frozen `transformers.CLIPModel` (`self.clip`, built from `config.clip_config`) plus
 small trainable adapters. By default checkpoints hold the adapters only; the backbone is reloaded by id
-(`config.backbone_name_or_path`) in `from_pretrained` (DESIGN.md, "Checkpoints and the Hub").
+(`config.backbone_name_or_path`) in `from_pretrained`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from .scoring import anomaly_maps_from_probabilities, patch_probabilities, upsam
 
 DEFAULT_BACKBONE = "openai/clip-vit-large-patch14-336"
 
-# Architecture of openai/clip-vit-large-patch14-336 (METHODS.md §1), so a default config builds offline.
+# Architecture of openai/clip-vit-large-patch14-336, so a default config builds offline.
 VIT_L14_336_CLIP_CONFIG: dict[str, Any] = {
     "projection_dim": 768,
     "text_config": {
@@ -57,7 +57,7 @@ VIT_L14_336_CLIP_CONFIG: dict[str, Any] = {
 }
 
 POS_EMBED_INTERPOLATIONS = ("bicubic", "bilinear")
-REFERENCE_IMAGE_SIZE = 518  # 37 x 37 patches of 14 px (METHODS.md §1)
+REFERENCE_IMAGE_SIZE = 518  # 37 x 37 patches of 14 px
 
 
 def relative_layer(depth: int, fraction: float) -> int:
@@ -68,7 +68,7 @@ def relative_layer(depth: int, fraction: float) -> int:
 class ZSADConfig(PreTrainedConfig):
     r"""Configuration shared by all zsad models.
 
-    Layer settings of METHODS.md are written for the 24-layer ViT-L/14; every layer field left as `None`
+    Layer settings of the reference code are written for the 24-layer ViT-L/14; every layer field left as `None`
     is resolved relative to the backbone depth when the config is created (taps at
     `default_feature_fractions` of the depth, dense path over the last 19/24 of the layers), so a
     12-layer ViT-B/16 or a 4-layer test backbone needs no extra arguments. Explicit values always win.
@@ -189,7 +189,7 @@ class ZSADAdapter(nn.Module):
 class ZSADPreTrainedModel(PreTrainedModel):
     """Frozen CLIP backbone + trainable adapters, adapter-only checkpoints, text-feature cache.
 
-    The default `forward` is the AnomalyCLIP-style pipeline (METHODS.md §2.4) shared by methods that
+    The default `forward` is the AnomalyCLIP-style pipeline shared by methods that
     score patches and the global embedding against two text embeddings: subclasses provide
     `compute_text_features()` and, when trainable, `compute_loss()`.
     """
@@ -312,6 +312,7 @@ class ZSADPreTrainedModel(PreTrainedModel):
                 # which from_pretrained requires.
                 save_file({}, weights, metadata={"format": "pt"})
             write_model_card(self, save_directory, overwrite=False)
+            respect_umask(save_directory)
         finally:
             self.config.save_backbone = previous
 
@@ -328,8 +329,7 @@ class ZSADPreTrainedModel(PreTrainedModel):
     ) -> str:
         """Upload this model (as `save_pretrained` writes it) with its model card in one commit.
 
-        transformers' own `push_to_hub` would replace the card with its generic template
-        (ECOSYSTEM.md §6.1). `card_kwargs` go to `build_model_card` (`training_data`,
+        transformers' own `push_to_hub` would replace the card with its generic template. `card_kwargs` go to `build_model_card` (`training_data`,
         `results_markdown`, `datasets`). Returns the commit URL.
         """
         import tempfile
@@ -452,6 +452,16 @@ def detection_output(
         image_logits=image_logits,
     )
     return output if return_dict is not False else output.to_tuple()
+
+
+def respect_umask(folder: str | os.PathLike) -> None:
+    """Give the files in `folder` that were written through private temporary files (mode 0600, as
+    transformers does for weights) the permissions of any new file of this process (the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in Path(folder).iterdir():
+        if path.is_file() and path.stat().st_mode & 0o777 == 0o600:
+            path.chmod(0o666 & ~umask)
 
 
 def backbone_reference(backbone_name_or_path: str | os.PathLike) -> str:

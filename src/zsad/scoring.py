@@ -1,4 +1,4 @@
-"""Similarities -> anomaly maps and scores (METHODS.md §2.4): upsampling and Gaussian smoothing on the device."""
+"""Similarities -> anomaly maps and scores: upsampling and Gaussian smoothing on the device."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Object-agnostic text prompts with deep compound tokens (AnomalyCLIP, METHODS.md §2.2-2.3)."""
+"""Object-agnostic text prompts with deep compound tokens (AnomalyCLIP)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class ObjectAgnosticPrompts(ZSADAdapter):
     @classmethod
     def from_config(cls, config) -> ObjectAgnosticPrompts:
         """Built from a config with `num_context_tokens`, `deep_prompt_length` and `deep_prompt_layers`
-        (AnomalyCLIP's; Crane reuses it unchanged, METHODS.md §5.2)."""
+        (AnomalyCLIP's; Crane reuses it unchanged)."""
         return cls(
             num_context_tokens=config.num_context_tokens,
             deep_prompt_length=config.deep_prompt_length,
@@ -62,7 +62,7 @@ class ObjectAgnosticPrompts(ZSADAdapter):
     ) -> torch.Tensor:
         """L2-normalised [normal, anomaly] text embeddings: `(2, D)`, or `(B, 2, D)` when each image's
         normalised global embedding `image_embeds (B, P)` is inserted after the context tokens as an
-        extra token (Crane's conditioning, METHODS.md §5.2; the end-of-text position shifts by one)."""
+        extra token (Crane's conditioning; the end-of-text position shifts by one)."""
         if not prompts.is_tokenized:
             raise ValueError(
                 "this model has no prompt token ids: build it with from_backbone(...) or load a checkpoint "

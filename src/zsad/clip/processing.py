@@ -1,4 +1,4 @@
-"""Image and mask preprocessing for CLIP-based anomaly detection, without torchvision (METHODS.md §1).
+"""Image and mask preprocessing for CLIP-based anomaly detection, without torchvision.
 
 Images are resized to a square with bicubic interpolation (the aspect ratio is *not* kept, as in the
 reference code) and normalised with the OpenAI CLIP mean/std. Masks follow the same resize (bilinear,

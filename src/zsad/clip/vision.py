@@ -1,4 +1,4 @@
-"""Manual CLIP vision loop with the dual-path dense attention family (METHODS.md §2.1, §5.1).
+"""Manual CLIP vision loop with the dual-path dense attention family.
 
 With nothing changed, `vision_forward` reproduces `CLIPVisionModel` exactly. From `dense_start_layer`
 on, a second token stream z accumulates dense self-correlation attention computed from the *original*
@@ -12,10 +12,10 @@ attentions of a layer share one q/k/v projection and run in a single `scaled_dot
 call, so both streams cost one pass; nothing in the loop synchronises with the host.
 
 Two further hooks serve AdaCLIP and Crane+:
-- `visual_prompts` (deep visual prompt tuning, METHODS.md §3.2): learnable tokens appended after the
+- `visual_prompts` (deep visual prompt tuning): learnable tokens appended after the
   1 + N tokens before the first prompted layer and replacing those trailing tokens before every later
   prompted layer; they travel through the remaining layers and are dropped at readout.
-- `guided_attention` (Crane+'s D-Attn, METHODS.md §5.1): at a chosen layer, an external patch-to-patch
+- `guided_attention` (Crane+'s D-Attn): at a chosen layer, an external patch-to-patch
   attention matrix A gives W_O(A V), with V from that layer's projection of LN1(original-stream input)
   at the patch tokens (no residual).
 """
@@ -145,7 +145,7 @@ def guided_attention_output(layer: CLIPEncoderLayer, normed_patches: torch.Tenso
     """`W_O(A V)` of `layer` for an external attention `A (B, N, N)` over `normed_patches (B, N, W)`.
 
     `normed_patches` are LN1-normalised patch tokens (CLS excluded); A is shared by all heads, so the
-    per-head products concatenate to `A V` with the full-width V (Crane+'s D-Attn, METHODS.md §5.1).
+    per-head products concatenate to `A V` with the full-width V (Crane+'s D-Attn).
     """
     batch, length = normed_patches.shape[:2]
     if tuple(attention.shape) != (batch, length, length):
@@ -235,7 +235,7 @@ def vision_forward(
 
     `visual_prompts` maps 1-indexed layers to prompt tokens `(n, W)` or `(B, n, W)`: appended after the
     1 + N tokens before the first of these layers, replacing the trailing n tokens before the later
-    ones (METHODS.md §3.2). Prompt tokens are never part of the returned tokens.
+    ones. Prompt tokens are never part of the returned tokens.
     """
     last, taps, grid_size, _ = _vision_tower(
         vision_model,

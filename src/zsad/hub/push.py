@@ -1,4 +1,4 @@
-"""Publishing to the Hub: the model card goes up in the same commit as the weights (ECOSYSTEM.md §6.1).
+"""Publishing to the Hub: the model card goes up in the same commit as the weights.
 
 `PreTrainedModel.push_to_hub` would replace our README with transformers' generic card, so zsad saves
 the folder itself and uploads it with `HfApi.upload_folder`.

@@ -1,7 +1,7 @@
 """Remote-code shim so `AutoModel.from_pretrained(repo, trust_remote_code=True)` works without `import zsad`.
 
 Each checkpoint carries a two-line `modeling_zsad.py` that imports the classes from the installed
-`zsad` package, and `config.json["auto_map"]` points at it (ECOSYSTEM.md §1.6, "shim pattern"). If zsad
+`zsad` package, and `config.json["auto_map"]` points at it. If zsad
 is not installed, transformers answers "This modeling file requires ... zsad. Run pip install zsad".
 """
 

@@ -1,4 +1,4 @@
-"""Crane / Crane+ configuration (METHODS.md §5)."""
+"""Crane / Crane+ configuration."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ..anomalyclip.configuration_anomalyclip import AnomalyCLIPConfig
 
 DEFAULT_DINO_BACKBONE = "facebook/dinov2-with-registers-base"
 
-# Architecture of facebook/dinov2-with-registers-base (DINOv2 ViT-B/14 with 4 registers, METHODS.md §5.1),
+# Architecture of facebook/dinov2-with-registers-base (DINOv2 ViT-B/14 with 4 registers),
 # so a default Crane+ config builds offline.
 DINOV2_REG_B14_CONFIG: dict[str, Any] = {
     "model_type": "dinov2_with_registers",
@@ -62,7 +62,7 @@ class CraneConfig(AnomalyCLIPConfig):
         "dino_config": SubConfigSpec(AutoConfig, model_type="dinov2_with_registers", optional=True),
     }
     default_feature_fractions: ClassVar[tuple[float, ...]] = (1.0,)
-    # METHODS.md §5.4: Adam lr 1e-3, betas (0.6, 0.999), batch 8, 5 epochs, seed 111.
+    # Reference training: Adam lr 1e-3, betas (0.6, 0.999), batch 8, 5 epochs, seed 111.
     training_defaults: ClassVar[dict | None] = {
         "optimizer": "adam", "learning_rate": 1e-3, "betas": (0.6, 0.999), "weight_decay": 0.0,
         "batch_size": 8, "num_epochs": 5, "seed": 111,
