@@ -111,12 +111,10 @@ def _resolve_backbone(value: str, what: str) -> str:
     return backbone
 
 
-def load_detector(model_id: str | None, backbone: str | None, object_name: str | None):
-    """The model to run: a zsad checkpoint (`model_id`), else the training-free ZeroShotCLIP on `backbone`.
-
-    Local paths are checked as paths, checkpoints are validated before transformers sees them, no remote
-    code ever runs, and a Hub download that cannot happen fails within seconds with the offline recipe.
-    """
+def check_sources(model_id: str | None, backbone: str | None) -> tuple[str | None, str | None]:
+    """Check what `load_detector` will load before anything heavy is imported: local paths as paths,
+    checkpoints validated, and a Hub download that cannot happen fails within seconds with the offline
+    recipe. Returns `(model_id, backbone)` as they will be loaded."""
     if model_id is None:
         backbone = _resolve_backbone(backbone or DEFAULT_BACKBONE, "CLIP backbone")
     else:
@@ -133,7 +131,13 @@ def load_detector(model_id: str | None, backbone: str | None, object_name: str |
             check_hub_access(model_id, what="model", flag="--model")
         if backbone is not None:
             backbone = _resolve_backbone(backbone, "CLIP backbone")
+    return model_id, backbone
 
+
+def load_detector(model_id: str | None, backbone: str | None, object_name: str | None):
+    """The model to run: a zsad checkpoint (`model_id`), else the training-free ZeroShotCLIP on `backbone`
+    (checked by `check_sources` first; no remote code ever runs)."""
+    model_id, backbone = check_sources(model_id, backbone)
     _quiet_libraries()
     from transformers import AutoModel
 
@@ -226,6 +230,7 @@ def run_detect(args: argparse.Namespace) -> int:
     paths = find_images(args.images)
     out_dir = prepare_output_dir(args.out, flag="--out", overwrite=args.overwrite, resume=args.resume,
                                  resume_flag="--resume")
+    check_sources(args.model, args.backbone)  # fail fast, before torch is imported
     device = resolve_device(args.device)
     model = load_detector(args.model, args.backbone, args.object_name)
 
@@ -345,6 +350,7 @@ def add_detect_command(subparsers) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     out_dir = prepare_output_dir(args.out, flag="--out", overwrite=args.overwrite)
+    check_sources(args.model, args.backbone)
     device = resolve_device(args.device)
     model = load_detector(args.model, args.backbone, args.object_name).to(device).eval()
 

@@ -11,6 +11,7 @@ This module imports neither torch nor transformers, so `zsad --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import socket
 import sys
@@ -188,6 +189,7 @@ def _hub_offline() -> bool:
     return bool(constants is not None and getattr(constants, "HF_HUB_OFFLINE", False))
 
 
+@functools.lru_cache(maxsize=None)
 def _hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
     """Why the Hub endpoint cannot be reached by a plain TCP connection, or None (reachable or proxied)."""
     if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
