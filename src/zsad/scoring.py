@@ -8,9 +8,48 @@ import torch
 import torch.nn.functional as F
 
 
-def patch_probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """`(B, N, 2)` normal/anomaly logits -> `(B, N, 2)` probabilities."""
-    return logits.softmax(dim=-1)
+JOINT_SCORE_POOLINGS = ("max", "topk_mean")
+
+
+def similarity_logits(embeds: torch.Tensor, text: torch.Tensor, temperature: float) -> torch.Tensor:
+    """`cos(embeds, text) / temperature`: `(B, D)` or `(B, N, D)` embeddings against `(C, D)` text shared
+    by the batch or `(B, C, D)` per-image text -> `(B, C)` or `(B, N, C)` logits.
+
+    Computed in float32 whatever the model's dtype, so that softmax, maps, blur and losses downstream
+    are float32 under bf16/fp16 too (a bf16 cosine / 0.07 would move probabilities by about 1e-2).
+    """
+    with torch.autocast(embeds.device.type, enabled=False):
+        embeds = F.normalize(embeds.float(), dim=-1)
+        text = text.float()
+        if text.dim() == 2:
+            return embeds @ text.t() / temperature
+        if embeds.dim() == 2:
+            return (embeds.unsqueeze(1) @ text.transpose(1, 2)).squeeze(1) / temperature
+        return embeds @ text.transpose(1, 2) / temperature
+
+
+def pool_anomaly_maps(maps: torch.Tensor, pooling: str = "max", topk_fraction: float = 0.01) -> torch.Tensor:
+    """`(B, H, W)` maps -> `(B,)`: the maximum, or the mean of the top `topk_fraction` of the pixels
+    (at least one)."""
+    flat = maps.flatten(1)
+    if pooling == "max":
+        return flat.amax(dim=1)
+    if pooling == "topk_mean":
+        count = max(1, int(round(topk_fraction * flat.shape[1])))
+        return flat.topk(count, dim=1).values.mean(dim=1)
+    raise ValueError(f"pooling must be one of {JOINT_SCORE_POOLINGS}; got {pooling!r}")
+
+
+def joint_anomaly_scores(
+    global_scores: torch.Tensor,
+    maps: torch.Tensor,
+    alpha: float = 0.5,
+    pooling: str = "max",
+    topk_fraction: float = 0.01,
+) -> torch.Tensor:
+    """HeadCLIP's joint anomaly score: `alpha * p_global + (1 - alpha) * pool(map)`."""
+    pooled = pool_anomaly_maps(maps, pooling, topk_fraction).to(global_scores.dtype)
+    return alpha * global_scores + (1.0 - alpha) * pooled
 
 
 def upsample_patch_scores(
@@ -62,12 +101,17 @@ def gaussian_blur(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> to
     """Separable Gaussian filter of `(B, H, W)` maps on their device.
 
     Equals `scipy.ndimage.gaussian_filter(m, sigma, mode="reflect", truncate=4.0)` per map (the filter
-    used by the reference code), computed in float32 (or the maps' dtype if wider).
+    used by the reference code), computed in float32 (or the maps' dtype if wider), also under autocast.
     """
     if sigma <= 0:
         return maps
     if maps.dim() != 3:
         raise ValueError(f"maps must have shape (B, H, W); got {tuple(maps.shape)}")
+    with torch.autocast(maps.device.type, enabled=False):
+        return _separable_blur(maps, sigma, truncate)
+
+
+def _separable_blur(maps: torch.Tensor, sigma: float, truncate: float) -> torch.Tensor:
     dtype = torch.promote_types(maps.dtype, torch.float32)
     kernel = gaussian_kernel(sigma, truncate, maps.device, dtype)
     radius = (kernel.numel() - 1) // 2
