@@ -24,6 +24,8 @@ _EXPORTS = {
     "AnomalyDetectionOutput": ".modeling_base",
     "CraneConfig": ".models.crane",
     "CraneModel": ".models.crane",
+    "HeadCLIPConfig": ".models.headclip",
+    "HeadCLIPModel": ".models.headclip",
     "ZSADConfig": ".modeling_base",
     "ZSADImageProcessor": ".clip.processing",
     "ZSADPreTrainedModel": ".modeling_base",
@@ -34,6 +36,7 @@ _MODEL_CLASS_NAMES = {
     "adaclip": "AdaCLIPModel",
     "anomalyclip": "AnomalyCLIPModel",
     "crane": "CraneModel",
+    "headclip": "HeadCLIPModel",
     "zsad_clip": "ZeroShotCLIPModel",
 }
 __all__ = sorted([*_EXPORTS, "MODEL_CLASSES", "register_auto_classes"])

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from . import __version__
+from .hub.cli import register_hub_commands
 from .cli_utils import (
     ArgumentParser,
     CommandError,
@@ -393,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_detect_command(subparsers)
     add_evaluate_command(subparsers)
+    register_hub_commands(subparsers)
     subparsers.add_parser("convert", add_help=False,
                           help="convert an anomaly-detection dataset on disk to the zsad schema (parquet or imagefolder)")
     return parser
