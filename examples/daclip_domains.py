@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """DA-CLIP domain experiment: does the image router send visually distinct domains to different experts?
 
-    python examples/daclip_domains.py [--steps 80] [--backbone DIR] [--magnetic_tile ../shared/data/magnetic_tile]
+    python examples/daclip_domains.py [--steps 80] [--backbone DIR] --magnetic_tile DIR
 
 Three domains: two synthetic texture families (`stripes`, `dots` from `zsad.data.synthetic`) and the real
 Magnetic Tile defects (MVTec layout, grayscale). DA-CLIP (default options, 4 experts, top-2) is trained
@@ -88,8 +88,8 @@ def routing_table(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", help="CLIP folder (default: a random tiny CLIP written to a temporary folder)")
-    parser.add_argument("--magnetic_tile", type=Path, default=Path("../shared/data/magnetic_tile"),
-                        help="Magnetic Tile in MVTec layout (default: ../shared/data/magnetic_tile)")
+    parser.add_argument("--magnetic_tile", type=Path, required=True,
+                        help="the Magnetic Tile defect dataset in MVTec AD layout (category folder with train/test/ground_truth)")
     parser.add_argument("--per_domain", type=int, default=32, help="training and held-out images per domain")
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--batch_size", type=int, default=8)

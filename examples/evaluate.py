@@ -9,43 +9,58 @@ per category and their macro average), and optional heat-map samples. Single-pro
 `zsad evaluate`.
 """
 
-import argparse
+import sys
+from argparse import RawDescriptionHelpFormatter
 
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration
 
-from zsad.cli import CommandError, load_detector
+from zsad.cli import load_detector
+from zsad.cli_utils import (
+    ArgumentParser,
+    add_debug_flag,
+    image_size,
+    non_negative_int,
+    positive_int,
+    prepare_output_dir,
+    run_command,
+)
 from zsad.evaluation import evaluate_datasets
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     fromfile_prefix_chars="@")
+    parser = ArgumentParser(description=__doc__, formatter_class=RawDescriptionHelpFormatter, fromfile_prefix_chars="@",
+                            hyphen_aliases=True)
     parser.add_argument("--model", help="zsad checkpoint (Hub id or folder); default: training-free ZeroShotCLIP")
     parser.add_argument("--backbone", help="CLIP backbone for ZeroShotCLIP, or a mirror of the checkpoint's backbone")
     parser.add_argument("--datasets", nargs="+", required=True, help="evaluation datasets (converted folders, parquet, Hub ids)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--categories", nargs="+", help="only these categories")
-    parser.add_argument("--image_size", type=int, help="default: the model's")
-    parser.add_argument("--batch_size", type=int, default=8, help="per process")
+    parser.add_argument("--image_size", type=image_size, help="default: the model's")
+    parser.add_argument("--batch_size", type=positive_int, default=8, help="per process")
     parser.add_argument("--aupro", choices=["exact", "binned", "cflow"], default="exact",
                         help="AUPRO variant (exact = official MVTec definition; cflow = paper-comparable)")
     parser.add_argument("--report_cflow", action="store_true", help="with --aupro exact, also report the cflow AUPRO")
-    parser.add_argument("--heatmaps_per_category", type=int, default=0, help="save this many overlays per category")
+    parser.add_argument("--heatmaps_per_category", type=non_negative_int, default=0,
+                        help="save this many overlays per category, anomalous and normal images alike")
     parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"])
-    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--output_dir", required=True, help="an empty or new folder (see --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --output_dir")
+    add_debug_flag(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    return run_command("evaluate.py", lambda: evaluate(args), debug=args.debug)
+
+
+def evaluate(args):
+    prepare_output_dir(args.output_dir, flag="--output_dir", overwrite=args.overwrite)
     # even_batches=False: no sample is duplicated to pad the last batch, so the metrics stay exact.
     accelerator = Accelerator(mixed_precision=args.mixed_precision,
                               dataloader_config=DataLoaderConfiguration(even_batches=False))
-    try:
-        model = load_detector(args.model, args.backbone, None)
-    except CommandError as error:
-        raise SystemExit(f"evaluate.py: error: {error}") from None
+    model = load_detector(args.model, args.backbone, None)
     evaluate_datasets(
         model, args.datasets, output_dir=args.output_dir, split=args.split,
         categories=args.categories, image_size=args.image_size, batch_size=args.batch_size,
@@ -55,4 +70,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

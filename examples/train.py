@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train a zsad method's adapters with Accelerate (frozen CLIP; METHODS.md training rows).
+"""Train a zsad method's adapters with Accelerate (frozen CLIP; each method's reference hyperparameters).
 
     accelerate launch examples/train.py --method anomalyclip --dataset data/visa --output_dir out/anomalyclip-visa
 
@@ -8,12 +8,16 @@ imagefolder, `save_to_disk`, a Hub id). ZSAD trains on the *test* split of an au
 `--split test` is the default. Hyperparameters default to the method's reference values.
 """
 
-import argparse
 import json
 import logging
 import math
 import os
+import shlex
+import shutil
+import sys
 import warnings
+
+from argparse import RawDescriptionHelpFormatter
 
 from accelerate import Accelerator
 from accelerate.logging import get_logger
@@ -21,6 +25,19 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from zsad.cli_utils import (
+    ArgumentParser,
+    CommandError,
+    add_debug_flag,
+    check_hub_access,
+    image_size,
+    local_path_or_hub_id,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    prepare_output_dir,
+    run_command,
+)
 from zsad.clip.processing import ZSADImageProcessor
 from zsad.data import collate_fn, load_anomaly_dataset, with_anomaly_transform
 from zsad.hub.model_card import write_model_card
@@ -39,35 +56,38 @@ logger = get_logger(__name__)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     fromfile_prefix_chars="@")
+    parser = ArgumentParser(description=__doc__, formatter_class=RawDescriptionHelpFormatter, fromfile_prefix_chars="@",
+                            hyphen_aliases=True)
     parser.add_argument("--method", required=True, help=f"one of: {', '.join(trainable_methods())}")
     parser.add_argument("--backbone", default="openai/clip-vit-large-patch14-336", help="CLIP id or folder")
     parser.add_argument("--dataset", required=True, help="training data: converted folder, parquet, imagefolder, Hub id")
     parser.add_argument("--split", default="test", help="split to train on (ZSAD protocol: the test split)")
     parser.add_argument("--categories", nargs="+", help="train on these categories only")
-    parser.add_argument("--image_size", type=int, help="input size (default: the model's, 518 on ViT-L/14)")
+    parser.add_argument("--image_size", type=image_size, help="input size (default: the model's, 518 on ViT-L/14)")
     parser.add_argument("--model_config", nargs="+", default=[], metavar="KEY=VALUE",
                         help="method options (JSON values), e.g. dino_attention=true for Crane+")
-    parser.add_argument("--train_batch_size", type=int, help="per device (default: the method's)")
-    parser.add_argument("--learning_rate", type=float, help="default: the method's")
-    parser.add_argument("--num_train_epochs", type=int, help="default: the method's")
-    parser.add_argument("--max_train_steps", type=int, help="overrides --num_train_epochs")
-    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    parser.add_argument("--train_batch_size", type=positive_int, help="per device (default: the method's)")
+    parser.add_argument("--learning_rate", type=positive_float, help="default: the method's")
+    parser.add_argument("--num_train_epochs", type=positive_int, help="default: the method's")
+    parser.add_argument("--max_train_steps", type=positive_int, help="overrides --num_train_epochs")
+    parser.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
     parser.add_argument("--gradient_checkpointing", action="store_true",
                         help="recompute the vision layers in the backward pass (less memory for methods that train "
                              "through the vision tower, e.g. HeadCLIP, DA-CLIP)")
     parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], help="default: accelerate config")
-    parser.add_argument("--checkpointing_steps", type=int, default=500, help="save_state every N optimizer steps")
-    parser.add_argument("--checkpoints_total_limit", type=int, help="keep only the N most recent checkpoints")
+    parser.add_argument("--checkpointing_steps", type=positive_int, default=500, help="save_state every N optimizer steps")
+    parser.add_argument("--checkpoints_total_limit", type=positive_int, help="keep only the N most recent checkpoints")
     parser.add_argument("--resume_from_checkpoint", help="a checkpoint folder, or 'latest'")
     parser.add_argument("--report_to", help="tensorboard, wandb, ... (optional)")
-    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--output_dir", required=True, help="an empty or new folder (see --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train into a non-empty --output_dir: its train_log.jsonl and checkpoints/ are deleted first")
     parser.add_argument("--seed", type=int, help="default: the method's (111)")
-    parser.add_argument("--dataloader_num_workers", type=int, default=0)
+    parser.add_argument("--dataloader_num_workers", type=non_negative_int, default=0)
     parser.add_argument("--push_to_hub", action="store_true")
     parser.add_argument("--hub_model_id", help="org/name for --push_to_hub")
     parser.add_argument("--hub_token", help="defaults to the logged-in token")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id")
@@ -77,8 +97,8 @@ def parse_args(argv=None):
     except ValueError as error:
         parser.error(str(error))
     defaults = args.model_class.config_class.training_defaults
-    args.train_batch_size = args.train_batch_size or defaults["batch_size"]
-    args.num_train_epochs = args.num_train_epochs or defaults["num_epochs"]
+    args.train_batch_size = defaults["batch_size"] if args.train_batch_size is None else args.train_batch_size
+    args.num_train_epochs = defaults["num_epochs"] if args.num_train_epochs is None else args.num_train_epochs
     args.seed = defaults["seed"] if args.seed is None else args.seed
     return args
 
@@ -90,18 +110,54 @@ def checkpoint_step(path):
 def resolve_resume(args, checkpoints_dir):
     if args.resume_from_checkpoint != "latest":
         if not os.path.isdir(args.resume_from_checkpoint):
-            raise SystemExit(f"train.py: error: checkpoint folder not found: {args.resume_from_checkpoint}")
+            raise CommandError(f"checkpoint folder not found: {args.resume_from_checkpoint}")
         return args.resume_from_checkpoint
     found = [os.path.join(checkpoints_dir, d) for d in os.listdir(checkpoints_dir)] if os.path.isdir(checkpoints_dir) else []
     if not found:
-        raise SystemExit(f"train.py: error: --resume_from_checkpoint latest: no checkpoint in {checkpoints_dir}")
+        raise CommandError(f"--resume_from_checkpoint latest: no checkpoint in {checkpoints_dir}")
     return max(found, key=checkpoint_step)
+
+
+def save_checkpoint(accelerator, global_step, epoch):
+    """`save_state` (adapters only) plus the step count the folder number does not tell."""
+    saved = accelerator.save_state()
+    if accelerator.is_main_process:
+        with open(os.path.join(saved, "zsad_training_state.json"), "w") as handle:
+            json.dump({"global_step": global_step, "epoch": epoch}, handle)
+    return saved
+
+
+def truncate_log(path, global_step):
+    """Drop the log lines after the checkpoint a run resumes from, so no step appears twice."""
+    if os.path.isfile(path):
+        with open(path) as handle:
+            kept = [line for line in handle if line.strip() and json.loads(line)["step"] <= global_step]
+        with open(path, "w") as handle:
+            handle.writelines(kept)
+
+
+def resume_command(argv):
+    """The command line that continues this run from its latest checkpoint."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for flag in ("--resume_from_checkpoint", "--resume-from-checkpoint"):
+        while flag in argv:
+            del argv[argv.index(flag) : argv.index(flag) + 2]
+    argv = [a for a in argv if a != "--overwrite"]
+    return shlex.join(["accelerate", "launch", sys.argv[0], *argv, "--resume_from_checkpoint", "latest"])
 
 
 def main(argv=None):
     args = parse_args(argv)
+    return run_command("train.py", lambda: train(args, argv), debug=args.debug)
+
+
+def train(args, argv=None):
     checkpoints_dir = os.path.join(args.output_dir, "checkpoints")
-    os.makedirs(args.output_dir, exist_ok=True)
+    prepare_output_dir(args.output_dir, flag="--output_dir", overwrite=args.overwrite,
+                       resume=bool(args.resume_from_checkpoint), resume_flag="--resume_from_checkpoint latest")
+    args.backbone = local_path_or_hub_id(args.backbone, "--backbone")
+    check_hub_access(args.backbone, what="CLIP backbone", flag="--backbone")
+    log_path = os.path.join(args.output_dir, "train_log.jsonl")
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -140,6 +196,9 @@ def main(argv=None):
         accelerator.init_trackers("zsad", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
 
     global_step, first_epoch, skip_batches = 0, 0, 0
+    if args.overwrite and not args.resume_from_checkpoint and accelerator.is_main_process:
+        shutil.rmtree(checkpoints_dir, ignore_errors=True)
+        truncate_log(log_path, 0)
     if args.resume_from_checkpoint:
         path = resolve_resume(args, checkpoints_dir)
         accelerator.print(f"resuming from {path}")
@@ -148,41 +207,52 @@ def main(argv=None):
         with open(os.path.join(path, "zsad_training_state.json")) as handle:
             global_step = json.load(handle)["global_step"]
         accelerator.project_configuration.iteration = checkpoint_step(path) + 1
+        if accelerator.is_main_process:
+            truncate_log(log_path, global_step)
         first_epoch, done_in_epoch = divmod(global_step, steps_per_epoch)
         skip_batches = done_in_epoch * args.gradient_accumulation_steps
 
     progress = tqdm(total=max_train_steps, initial=global_step, desc="train", disable=not accelerator.is_local_main_process)
     model.train()
-    for epoch in range(first_epoch, num_epochs):
-        # Accelerate's loaders pass their own epoch counter to the sampler: set it on the loader itself,
-        # also on the fresh loader `skip_first_batches` returns when resuming mid-epoch.
-        batches = accelerator.skip_first_batches(dataloader, skip_batches) if skip_batches else dataloader
-        batches.set_epoch(epoch)
-        skip_batches = 0
-        for batch in batches:
-            with accelerator.accumulate(model):
-                loss = model(**model_inputs(batch, with_targets=True)).loss
-                accelerator.backward(loss)
-                optimizer.step()
-                optimizer.zero_grad()
-            if not accelerator.sync_gradients:
-                continue
-            global_step += 1
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch)
-            accelerator.log({"train/loss": loss.item(), "train/epoch": epoch}, step=global_step)
-            if accelerator.is_main_process:  # a plain record beside any tracker
-                with open(os.path.join(args.output_dir, "train_log.jsonl"), "a") as handle:
-                    handle.write(json.dumps({"step": global_step, "epoch": epoch, "loss": loss.item()}) + "\n")
-            if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps:
-                saved = accelerator.save_state()
-                if accelerator.is_main_process:
-                    with open(os.path.join(saved, "zsad_training_state.json"), "w") as handle:
-                        json.dump({"global_step": global_step, "epoch": epoch}, handle)
+    saved_step, epoch = global_step, first_epoch
+    try:
+        for epoch in range(first_epoch, num_epochs):
+            # Accelerate's loaders pass their own epoch counter to the sampler: set it on the loader itself,
+            # also on the fresh loader `skip_first_batches` returns when resuming mid-epoch.
+            batches = accelerator.skip_first_batches(dataloader, skip_batches) if skip_batches else dataloader
+            batches.set_epoch(epoch)
+            skip_batches = 0
+            for batch in batches:
+                with accelerator.accumulate(model):
+                    loss = model(**model_inputs(batch, with_targets=True)).loss
+                    accelerator.backward(loss)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                if not accelerator.sync_gradients:
+                    continue
+                global_step += 1
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch)
+                accelerator.log({"train/loss": loss.item(), "train/epoch": epoch}, step=global_step)
+                if accelerator.is_main_process:  # a plain record beside any tracker
+                    with open(log_path, "a") as handle:
+                        handle.write(json.dumps({"step": global_step, "epoch": epoch, "loss": loss.item()}) + "\n")
+                if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps:
+                    save_checkpoint(accelerator, global_step, epoch)
+                    saved_step = global_step
+                if global_step >= max_train_steps:
+                    break
             if global_step >= max_train_steps:
                 break
-        if global_step >= max_train_steps:
-            break
+    except KeyboardInterrupt:
+        progress.close()
+        if global_step == 0:
+            accelerator.print("train.py: interrupted before the first step; nothing to save", file=sys.stderr)
+            return 130
+        saved = save_checkpoint(accelerator, global_step, epoch) if global_step > saved_step else "the latest checkpoint"
+        accelerator.print(f"train.py: interrupted at step {global_step}; state saved in {saved}; to resume: "
+                          f"{resume_command(argv)}", file=sys.stderr)
+        return 130
     progress.close()
 
     accelerator.wait_for_everyone()
@@ -204,4 +274,4 @@ def main(argv=None):
 if __name__ == "__main__":
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        main()
+        sys.exit(main())

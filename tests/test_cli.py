@@ -38,16 +38,18 @@ def test_detect_folder_with_training_free_model(tiny_backbone, mixed_folder, tmp
     assert "corrupt.png" in captured.err and captured.err.count("warning:") == 1
     with open(out / "scores.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 5  # every readable image, once
-    assert {os.path.basename(r["image"]) for r in rows} == {"gray.png", "rgba.png", "sixteen.png", "photo.jpg"}
-    assert all(0.0 <= float(r["score"]) <= 1.0 for r in rows)
+    assert len(rows) == 6  # every input, once, with a status
+    statuses = {os.path.basename(r["image"]): r["status"] for r in rows}
+    assert statuses == {"gray.png": "ok", "rgba.png": "ok", "sixteen.png": "ok", "photo.jpg": "ok", "corrupt.png": "unreadable"}
+    scored = [r for r in rows if r["status"] == "ok"]
+    assert all(0.0 <= float(r["score"]) <= 1.0 for r in scored)
     overlays = sorted(p.name for p in (out / "overlays").iterdir())
     assert len(overlays) == 5 and len(set(overlays)) == 5  # the two gray.png do not collide
-    for row in rows:  # a panel per image: the image and its overlay at the image's own size, side by side
-        (width, height), (panel_width, panel_height) = Image.open(row["image"]).size, Image.open(row["overlay"]).size
+    for row in scored:  # a panel per image: the image and its overlay at the image's own size, side by side
+        (width, height), (panel_width, panel_height) = Image.open(row["image"]).size, Image.open(out / row["overlay"]).size
         assert panel_width > 2 * width and panel_height > height
     summary = json.loads((out / "scores.json").read_text())
-    assert "ZeroShotCLIP" in summary["model"] and len(summary["results"]) == 5
+    assert "ZeroShotCLIP" in summary["model"] and len(summary["results"]) == 6 and summary["complete"]
 
 
 def test_detect_with_a_trained_checkpoint_and_globs(tiny_backbone, mixed_folder, tmp_path):

@@ -24,3 +24,27 @@ def test_model_cards_are_up_to_date(tmp_path):
         committed = ROOT / "model_cards" / generated.name
         assert committed.exists(), f"missing {committed}: run python examples/make_model_cards.py"
         assert committed.read_text() == generated.read_text(), f"{committed.name} is stale: run python examples/make_model_cards.py"
+
+
+def test_docs_cite_no_file_outside_the_repository():
+    outside = re.compile(r"METHODS\.md|DESIGN\.md|CHECKPOINTS\.md|ECOSYSTEM\.md|\.\./shared")
+    files = [ROOT / "README.md", *ROOT.glob("docs/**/*.md"), *ROOT.glob("model_cards/*.md"),
+             *ROOT.glob("src/**/*.py"), *ROOT.glob("src/**/*.md"), *ROOT.glob("examples/**/*.py")]
+    cited = [f"{path.relative_to(ROOT)}:{number}" for path in files
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if outside.search(line)]
+    assert not cited, cited
+
+
+def test_gitignore_covers_the_folders_the_readme_creates():
+    import subprocess
+
+    import pytest
+
+    if subprocess.run(["git", "rev-parse", "--git-dir"], cwd=ROOT, capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    readme = (ROOT / "README.md").read_text()
+    created = set(re.findall(r"--out ([\w.-]+)", readme))
+    assert {"zsad_output", "tiny-clip", "zsad_smoke"} <= created
+    for folder in created:
+        result = subprocess.run(["git", "check-ignore", "-q", f"{folder}/x"], cwd=ROOT)
+        assert result.returncode == 0, f"{folder}/ is not in .gitignore"

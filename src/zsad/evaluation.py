@@ -32,13 +32,14 @@ def evaluate_model(
 
     With an `accelerator`, the dataloader must be prepared by it (use `even_batches=False`) and the
     accumulators of all processes are merged; every process gets the same results. Heat-map overlays
-    of the first `max_heatmaps_per_category` images of each category go to `heatmap_dir` (main process).
+    of `max_heatmaps_per_category` images of each category go to `heatmap_dir` (main process): the first
+    anomalous images (half, rounded up) and the first normal ones, so anomalies are always shown.
     """
     from tqdm.auto import tqdm
 
     metrics = metrics if metrics is not None else AnomalyMetrics()
     main_process = accelerator is None or accelerator.is_main_process
-    saved: dict[str, int] = {}
+    saved: dict[tuple[str, int], int] = {}
     model.eval()
     for batch in tqdm(dataloader, desc="evaluate", unit="batch", disable=not (show_progress and main_process)):
         output = model(**model_inputs(batch, with_targets=False))
@@ -50,9 +51,14 @@ def evaluate_model(
     return metrics.compute()
 
 
-def _save_heatmaps(batch, output, folder: Path, saved: dict[str, int], limit: int) -> None:
+def heatmap_quota(limit: int, label: int) -> int:
+    """Overlays per category and label: anomalous images get half of `limit`, rounded up."""
+    return (limit + 1) // 2 if label == 1 else limit // 2
+
+
+def _save_heatmaps(batch, output, folder: Path, saved: dict[tuple[str, int], int], limit: int) -> None:
     """Panels (input | overlay with the ground-truth outline | colour bar, with score and decision) of the
-    de-normalised inputs, per category up to `limit` images. Absolute probability colours."""
+    de-normalised inputs, per category and label up to its quota. Absolute probability colours."""
     from .clip.processing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
     from .modeling_base import LABELS
     from .visualize import anomaly_panel
@@ -62,12 +68,13 @@ def _save_heatmaps(batch, output, folder: Path, saved: dict[str, int], limit: in
     std = torch.tensor(OPENAI_CLIP_STD).view(3, 1, 1)
     has_mask = batch.get("has_mask")
     for index, category in enumerate(batch["categories"]):
-        if saved.get(category, 0) >= limit:
+        key = (category, int(batch["labels"][index]))
+        if saved.get(key, 0) >= heatmap_quota(limit, key[1]):
             continue
         pixels = batch["pixel_values"][index].float().cpu() * std + mean
         image = Image.fromarray((pixels.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
         label = "anomaly" if int(batch["labels"][index]) == 1 else "normal"
-        name = batch.get("image_ids", [""] * len(batch["categories"]))[index] or f"{saved.get(category, 0):03d}"
+        name = batch.get("image_ids", [""] * len(batch["categories"]))[index] or f"{saved.get(key, 0):03d}"
         target = folder / category / f"{label}_{Path(name).stem}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         with_mask = "masks" in batch and (has_mask is None or bool(has_mask[index]))
@@ -80,7 +87,7 @@ def _save_heatmaps(batch, output, folder: Path, saved: dict[str, int], limit: in
             ground_truth=batch["masks"][index] if with_mask else None,
             title=f"{Path(name).name} (ground truth: {label})",
         ).save(target)
-        saved[category] = saved.get(category, 0) + 1
+        saved[key] = saved.get(key, 0) + 1
 
 
 def write_report(results: dict[str, Any], output_dir: str | os.PathLike, *, title: str, extra: dict[str, Any] | None = None) -> tuple[Path, Path]:

@@ -1,4 +1,4 @@
-"""Segmentation and classification losses of the ZSAD methods (METHODS.md §2.5)."""
+"""Segmentation and classification losses of the ZSAD methods."""
 
 from __future__ import annotations
 

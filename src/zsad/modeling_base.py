@@ -2,7 +2,7 @@
 
 A zsad model owns a frozen `transformers.CLIPModel` (`self.clip`, built from `config.clip_config`) plus
 small trainable adapters. By default checkpoints hold the adapters only; the backbone is reloaded by id
-(`config.backbone_name_or_path`) in `from_pretrained` (DESIGN.md, "Checkpoints and the Hub").
+(`config.backbone_name_or_path`) in `from_pretrained`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from .scoring import (
 
 DEFAULT_BACKBONE = "openai/clip-vit-large-patch14-336"
 
-# Architecture of openai/clip-vit-large-patch14-336 (METHODS.md §1), so a default config builds offline.
+# Architecture of openai/clip-vit-large-patch14-336, so a default config builds offline.
 VIT_L14_336_CLIP_CONFIG: dict[str, Any] = {
     "projection_dim": 768,
     "text_config": {
@@ -67,7 +67,7 @@ VIT_L14_336_CLIP_CONFIG: dict[str, Any] = {
 
 POS_EMBED_INTERPOLATIONS = ("bicubic", "bilinear")
 IMAGE_SCORES = ("global", "joint")
-REFERENCE_IMAGE_SIZE = 518  # 37 x 37 patches of 14 px (METHODS.md §1)
+REFERENCE_IMAGE_SIZE = 518  # 37 x 37 patches of 14 px
 
 
 LABELS = ("normal", "anomalous")  # the names of the decisions 0 and 1 (`pred_labels`)
@@ -86,7 +86,7 @@ def relative_layer(depth: int, fraction: float) -> int:
 class ZSADConfig(PreTrainedConfig):
     r"""Configuration shared by all zsad models.
 
-    Layer settings of METHODS.md are written for the 24-layer ViT-L/14; every layer field left as `None`
+    Layer settings of the reference code are written for the 24-layer ViT-L/14; every layer field left as `None`
     is resolved relative to the backbone depth when the config is created (taps at
     `default_feature_fractions` of the depth, dense path over the last 19/24 of the layers), so a
     12-layer ViT-B/16 or a 4-layer test backbone needs no extra arguments. Explicit values always win.
@@ -110,7 +110,7 @@ class ZSADConfig(PreTrainedConfig):
         global_post_layernorm: apply `post_layernorm` to the CLS token before the projection (CLIP does;
             AnomalyCLIP does not).
         image_score: `global` (the global embedding's anomaly probability, every reference method) or
-            `joint` (HeadCLIP's joint anomaly score, METHODS.md §4.2:
+            `joint` (HeadCLIP's joint anomaly score:
             `alpha * p_global + (1 - alpha) * pool(anomaly map)`).
         joint_score_alpha: alpha of the joint score, in [0, 1].
         joint_score_pooling: `max` of the map, or `topk_mean`: the mean of its top
@@ -118,7 +118,7 @@ class ZSADConfig(PreTrainedConfig):
         backbone_hidden_act: MLP activation of both CLIP towers (a transformers activation name such as
             `gelu` or `quick_gelu`), written into `clip_config` so it holds however the backbone is built
             or loaded; None keeps the backbone's own. AdaCLIP's reference runs the OpenAI weights with
-            exact `gelu` (METHODS.md §11.3).
+            exact `gelu`.
         image_threshold: decision threshold on `pred_scores`; when set, outputs add
             `pred_labels = pred_scores >= image_threshold` (`zsad calibrate` sets it, docs/inference.md).
         pixel_threshold: decision threshold on `anomaly_maps`; when set, outputs add
@@ -264,7 +264,7 @@ class ZSADPreTrainedModel(PreTrainedModel):
     """Frozen CLIP backbone + trainable adapters, adapter-only checkpoints, text-feature cache.
 
     `forward` is one pipeline of named steps, each a method that a subclass overrides where its paper
-    changes that step (the defaults are AnomalyCLIP's, METHODS.md §2.4-2.5):
+    changes that step (the defaults are AnomalyCLIP's):
 
     1. `image_features`: the vision pass -> `VisionFeatures` (global + dense patch embeddings);
     2. `prompt_text_features`: `(2, D)` or per-image `(B, 2, D)` [normal, anomaly] text embeddings;
@@ -335,8 +335,11 @@ class ZSADPreTrainedModel(PreTrainedModel):
         dtype: torch.dtype | None = None,
         **config_kwargs: Any,
     ) -> ZSADPreTrainedModel:
-        """Build a fresh model (untrained adapters) on the CLIP weights and tokenizer at `backbone_name_or_path`."""
-        backbone_id = os.fspath(backbone_name_or_path)
+        """Build a fresh model (untrained adapters) on the CLIP weights and tokenizer at `backbone_name_or_path`.
+
+        A local folder is stored as an absolute path, so the checkpoint loads from any working directory.
+        """
+        backbone_id = backbone_reference(backbone_name_or_path)
         backbone = _load_clip(backbone_id, dtype=dtype)
         tokenizer = _load_tokenizer(backbone_id)
         config = cls.config_class(
@@ -360,7 +363,7 @@ class ZSADPreTrainedModel(PreTrainedModel):
         """
         model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         if backbone_name_or_path is not None:
-            model.config.backbone_name_or_path = os.fspath(backbone_name_or_path)
+            model.config.backbone_name_or_path = backbone_reference(backbone_name_or_path)
         if not model.config.save_backbone:
             model.load_backbone(model.config.backbone_name_or_path)
             model.load_extra_backbones()
@@ -398,6 +401,7 @@ class ZSADPreTrainedModel(PreTrainedModel):
             processor.auto_map = IMAGE_PROCESSOR_AUTO_MAP  # AutoImageProcessor with trust_remote_code, no import
             processor.save_pretrained(save_directory)
             write_model_card(self, save_directory, overwrite=False)
+            respect_umask(save_directory)
         finally:
             self.config.save_backbone = previous
 
@@ -414,8 +418,7 @@ class ZSADPreTrainedModel(PreTrainedModel):
     ) -> str:
         """Upload this model (as `save_pretrained` writes it) with its model card in one commit.
 
-        transformers' own `push_to_hub` would replace the card with its generic template
-        (ECOSYSTEM.md §6.1). `card_kwargs` go to `build_model_card` (`training_data`,
+        transformers' own `push_to_hub` would replace the card with its generic template. `card_kwargs` go to `build_model_card` (`training_data`,
         `results_markdown`, `datasets`). Returns the commit URL.
         """
         import tempfile
@@ -642,6 +645,22 @@ class ZSADPreTrainedModel(PreTrainedModel):
         return output if return_dict is not False else output.to_tuple()
 
 
+def respect_umask(folder: str | os.PathLike) -> None:
+    """Give the files in `folder` that were written through private temporary files (mode 0600, as
+    transformers does for weights) the permissions of any new file of this process (the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in Path(folder).iterdir():
+        if path.is_file() and path.stat().st_mode & 0o777 == 0o600:
+            path.chmod(0o666 & ~umask)
+
+
+def backbone_reference(backbone_name_or_path: str | os.PathLike) -> str:
+    """How a config stores a backbone: an existing local folder as an absolute path, a Hub id as given."""
+    path = Path(os.fspath(backbone_name_or_path)).expanduser()
+    return os.fspath(path.resolve()) if path.is_dir() else os.fspath(backbone_name_or_path)
+
+
 def _load_clip(backbone_id: str, dtype: torch.dtype | None) -> CLIPModel:
     return _load_pretrained(CLIPModel, backbone_id, dtype, "CLIP backbone")
 
@@ -692,7 +711,7 @@ def _check_targets(
             masks = masks[:, 0]
         if tuple(masks.shape) != (batch, height, width):
             raise ValueError(f"masks must have shape {(batch, height, width)} to match pixel_values; got {tuple(masks.shape)}")
-        # Binarised at 0.5 before any loss, as the processor and the reference code do (METHODS.md §11.5).
+        # Binarised at 0.5 before any loss, as the processor and the reference code do.
         masks = (masks.to(pixel_values.device) > 0.5).to(torch.float32)
     if labels is None:
         labels = (masks.flatten(1).amax(dim=1) > 0.5).long()

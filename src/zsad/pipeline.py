@@ -117,5 +117,8 @@ class ZeroShotAnomalyDetectionPipeline(Pipeline):
 
 
 def register_pipeline() -> None:
-    """Register the task with transformers (done by `import zsad`)."""
+    """Register the task with transformers (done by `import zsad`; idempotent)."""
+    registered = PIPELINE_REGISTRY.supported_tasks.get(TASK)
+    if registered is not None and registered.get("impl") is ZeroShotAnomalyDetectionPipeline:
+        return
     PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=ZeroShotAnomalyDetectionPipeline, pt_model=AutoModel, type="image")

@@ -116,6 +116,13 @@ class DetectReport:
         else:
             self._write_panel(item, image, anomaly_map, self._range(anomaly_map))
 
+    def add_finished(self, image_path: str | Path, score: float, label: str | None, panel: str) -> None:
+        """Record an image whose panel an earlier, resumed run already wrote."""
+        if self.map_scale == "run":
+            raise ValueError("--map-scale run shares one colour range across the whole run, so it cannot resume; "
+                             "rerun with --overwrite, or use --map-scale absolute or image")
+        self.items.append(ReportItem(str(image_path), float(score), label, panel))
+
     def _range(self, anomaly_map) -> tuple[float, float]:
         from .visualize import map_value_ranges
 

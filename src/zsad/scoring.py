@@ -1,4 +1,4 @@
-"""Similarities -> anomaly maps and scores (METHODS.md §2.4): upsampling and Gaussian smoothing on the device."""
+"""Similarities -> anomaly maps and scores: upsampling and Gaussian smoothing on the device."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def joint_anomaly_scores(
     pooling: str = "max",
     topk_fraction: float = 0.01,
 ) -> torch.Tensor:
-    """HeadCLIP's joint anomaly score (METHODS.md §4.2): `alpha * p_global + (1 - alpha) * pool(map)`."""
+    """HeadCLIP's joint anomaly score: `alpha * p_global + (1 - alpha) * pool(map)`."""
     pooled = pool_anomaly_maps(maps, pooling, topk_fraction).to(global_scores.dtype)
     return alpha * global_scores + (1.0 - alpha) * pooled
 

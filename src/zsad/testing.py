@@ -93,7 +93,7 @@ def save_tiny_backbone(path: str | os.PathLike, seed: int = 0, **config_kwargs) 
 
 def save_random_backbone(architecture: str | os.PathLike, path: str | os.PathLike, seed: int = 0) -> Path:
     """Save a randomly initialised CLIP with the architecture (config.json) and tokenizer found at
-    `architecture` (e.g. ../shared/clip-tokenizer: the real CLIP tokenizer and a TinyCLIP config)."""
+    `architecture` (e.g. a folder with the real CLIP tokenizer and a TinyCLIP config.json)."""
     torch.manual_seed(seed)
     path = Path(path)
     CLIPModel(CLIPConfig.from_pretrained(architecture)).save_pretrained(path)
@@ -101,16 +101,33 @@ def save_random_backbone(architecture: str | os.PathLike, path: str | os.PathLik
     return path
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    """`python -m zsad.testing [--out DIR] [--architecture DIR] [--seed N]`."""
     import argparse
 
-    parser = argparse.ArgumentParser(description="Write a random CLIP backbone (weights + tokenizer) for offline smoke tests.")
-    parser.add_argument("output_dir")
-    parser.add_argument("--architecture", help="folder with a CLIP config.json and tokenizer (default: tiny char-level CLIP)")
+    parser = argparse.ArgumentParser(
+        prog="python -m zsad.testing",
+        description="Write a random CLIP backbone (weights + tokenizer) for offline smoke tests, e.g. "
+        "`zsad detect examples/images --backbone tiny-clip --image-size 56`. Its scores mean nothing.",
+    )
+    parser.add_argument("output_dir", nargs="?", help=argparse.SUPPRESS)  # the former positional spelling
+    parser.add_argument("--out", metavar="DIR", help="folder to write (default: tiny-clip)")
+    parser.add_argument("--architecture", metavar="DIR",
+                        help="folder with a CLIP config.json and tokenizer to copy (default: a tiny char-level CLIP)")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.out and args.output_dir and args.out != args.output_dir:
+        parser.error("give the folder once, as --out DIR")
+    out = args.out or args.output_dir or "tiny-clip"
     if args.architecture:
-        written = save_random_backbone(args.architecture, args.output_dir, seed=args.seed)
+        written = save_random_backbone(args.architecture, out, seed=args.seed)
     else:
-        written = save_tiny_backbone(args.output_dir, seed=args.seed)
+        written = save_tiny_backbone(out, seed=args.seed)
     print(f"random CLIP backbone written to {written}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

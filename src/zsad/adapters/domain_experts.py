@@ -1,4 +1,4 @@
-"""DA-CLIP's domain-aware adapters (METHODS.md §6.2, [OUR DESIGN]): the domain prompt bank, the
+"""DA-CLIP's domain-aware adapters ([OUR DESIGN], docs/models/daclip.md): the domain prompt bank, the
 image-level router and DAKA, the routed mixture of LoRA experts on the dense stream; plus the two
 auxiliary losses (load balance, expert diversity) of §6.2.5."""
 

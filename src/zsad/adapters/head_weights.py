@@ -1,4 +1,4 @@
-"""HeadCLIP's learnable head weights (LHW, METHODS.md §4.2) [our design, consistent with the abstract]."""
+"""HeadCLIP's learnable head weights (LHW) [our design, consistent with the abstract]."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""AdaCLIP's hybrid (static + dynamic) prompt tokens for one CLIP encoder (METHODS.md §3.2)."""
+"""AdaCLIP's hybrid (static + dynamic) prompt tokens for one CLIP encoder."""
 
 from __future__ import annotations
 

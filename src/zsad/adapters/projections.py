@@ -1,4 +1,4 @@
-"""AdaCLIP's learned projections into the joint image-text space (METHODS.md §3.1)."""
+"""AdaCLIP's learned projections into the joint image-text space."""
 
 from __future__ import annotations
 

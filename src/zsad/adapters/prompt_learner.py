@@ -1,4 +1,4 @@
-"""Object-agnostic text prompts with deep compound tokens (AnomalyCLIP, METHODS.md §2.2-2.3)."""
+"""Object-agnostic text prompts with deep compound tokens (AnomalyCLIP)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class ObjectAgnosticPrompts(ZSADAdapter):
 
     With `learn_deep_tokens=False` the learner holds the context vectors only and the deep tokens are
     given to `text_features` by the caller (DA-CLIP combines them per image from its domain prompt
-    bank, METHODS.md §6.2.1-6.2.2).
+    bank).
     """
 
     def __init__(
@@ -46,7 +46,7 @@ class ObjectAgnosticPrompts(ZSADAdapter):
     @classmethod
     def from_config(cls, config, learn_deep_tokens: bool = True) -> ObjectAgnosticPrompts:
         """Built from a config with `num_context_tokens`, `deep_prompt_length` and `deep_prompt_layers`
-        (AnomalyCLIP's; Crane reuses it unchanged, METHODS.md §5.2)."""
+        (AnomalyCLIP's; Crane reuses it unchanged)."""
         return cls(
             num_context_tokens=config.num_context_tokens,
             deep_prompt_length=config.deep_prompt_length,
@@ -91,8 +91,8 @@ class ObjectAgnosticPrompts(ZSADAdapter):
     ) -> torch.Tensor:
         """L2-normalised [normal, anomaly] text embeddings: `(2, D)`, or `(B, 2, D)` when each image's
         normalised global embedding `image_embeds (B, P)` is inserted after the context tokens as an
-        extra token (Crane's conditioning, METHODS.md §5.2; the end-of-text position shifts by one),
-        and/or each image brings its own deep tokens `deep_tokens (B, layers, m, W)` (DA-CLIP, §6.2.2)."""
+        extra token (Crane's conditioning; the end-of-text position shifts by one),
+        and/or each image brings its own deep tokens `deep_tokens (B, layers, m, W)` (DA-CLIP)."""
         if not prompts.is_tokenized:
             raise ValueError(
                 "this model has no prompt token ids: build it with from_backbone(...) or load a checkpoint "

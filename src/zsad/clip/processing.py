@@ -1,4 +1,4 @@
-"""Image and mask preprocessing for CLIP-based anomaly detection, without torchvision (METHODS.md §1).
+"""Image and mask preprocessing for CLIP-based anomaly detection, without torchvision.
 
 Images are resized to a square with bicubic interpolation (the aspect ratio is *not* kept, as in the
 reference code) and normalised with the OpenAI CLIP mean/std. Masks follow the same resize (bilinear,
@@ -8,13 +8,14 @@ as the reference code's default) and are binarised at 0.5.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers.image_processing_base import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.processing_utils import ImagesKwargs
@@ -32,10 +33,13 @@ class ImageLoadError(ValueError):
     """An image or mask file could not be read; the message names the file."""
 
 
-def load_image(source: ImageInput) -> Image.Image:
-    """Open `source` (path, PIL image or HxW[xC] uint8 array) fully into memory.
+def load_image(source: ImageInput, *, max_side: int | None = None) -> Image.Image:
+    """Open `source` (path, PIL image or HxW[xC] uint8 array) fully into memory, upright.
 
-    Raises `ImageLoadError` naming the file when it is missing, truncated or not an image.
+    Files are turned to their display orientation (EXIF `Orientation`, as phone cameras write it).
+    With `max_side`, a JPEG is decoded at the smallest reduced scale (1/2, 1/4, 1/8) that still covers
+    `max_side`, so huge photos never reach memory at full size. Raises `ImageLoadError` naming the file
+    when it is missing, truncated or not an image.
     """
     if isinstance(source, Image.Image):
         return source
@@ -44,30 +48,56 @@ def load_image(source: ImageInput) -> Image.Image:
     path = os.fspath(source)
     try:
         with Image.open(path) as image:
+            if max_side is not None and image.format == "JPEG":
+                image.draft(image.mode, (max_side, max_side))
             image.load()
+            upright = ImageOps.exif_transpose(image)
+            if upright is not image:
+                return upright if upright.mode != "P" else upright.convert("RGBA")
             return image.copy() if image.mode != "P" else image.convert("RGBA")
     except FileNotFoundError as error:
         raise ImageLoadError(f"image file not found: {path}") from error
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageLoadError(f"cannot read image {path}: {error}") from error
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
+def load_rgb(path: str | os.PathLike, *, max_side: int | None = None) -> Image.Image:
+    """An image file as upright 8-bit RGB, shrunk to fit `max_side` (aspect ratio kept) when larger."""
+    image = to_rgb(load_image(path, max_side=max_side), name=os.fspath(path))
+    if max_side is not None and max(image.size) > max_side:
+        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return image
+
+
+def _float_to_unit(array: np.ndarray, name: str | None, low_ok: float, high_ok: float) -> np.ndarray:
+    """Values of a float/wide image as [0, 1]: NaN/inf refused, a range beyond [low_ok, high_ok] rescaled
+    from its own min..max with a warning (never clipped silently)."""
+    what = name or "image"
+    if not np.isfinite(array).all():
+        raise ImageLoadError(f"{what} has NaN or infinite pixel values; fix or remove it")
+    low, high = float(array.min()), float(array.max())
+    if low >= low_ok and high <= high_ok:
+        return (array - low_ok) / (high_ok - low_ok)
+    warnings.warn(f"{what}: pixel values span [{low:g}, {high:g}], outside [{low_ok:g}, {high_ok:g}]; "
+                  "rescaled from its own minimum..maximum", stacklevel=3)
+    return (array - low) / (high - low) if high > low else np.zeros_like(array)
+
+
+def to_rgb(image: Image.Image, name: str | None = None) -> Image.Image:
     """Convert any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F, ...) to 8-bit RGB.
 
-    16/32-bit integer images are rescaled from their 16-bit range rather than clipped, and float
-    images are taken to be in [0, 1]. Alpha channels are dropped (no compositing), like PIL's own
-    `convert("RGB")` used by the reference code.
+    16-bit images are rescaled from their 16-bit range; float images are taken to be in [0, 1] and
+    32-bit integer images in the 16-bit range, and are rescaled from their own min..max with a warning
+    when they are not. NaN or infinite values raise `ImageLoadError` naming `name`. Alpha channels are
+    dropped (no compositing), like PIL's own `convert("RGB")` used by the reference code.
     """
     if image.mode == "RGB":
         return image
-    if image.mode in _WIDE_INTEGER_MODES:
+    if image.mode in _WIDE_INTEGER_MODES or image.mode == "F":
         array = np.asarray(image, dtype=np.float64)
-        array = np.clip(array / _WIDE_INTEGER_MODES[image.mode] * 255.0, 0, 255)
-        return Image.fromarray(np.rint(array).astype(np.uint8), mode="L").convert("RGB")
-    if image.mode == "F":
-        array = np.clip(np.asarray(image, dtype=np.float64), 0.0, 1.0) * 255.0
-        return Image.fromarray(np.rint(array).astype(np.uint8), mode="L").convert("RGB")
+        high = 1.0 if image.mode == "F" else float(_WIDE_INTEGER_MODES[image.mode])
+        unit = _float_to_unit(array, name, 0.0, high)
+        return Image.fromarray(np.rint(unit * 255.0).astype(np.uint8), mode="L").convert("RGB")
     if image.mode == "P":
         image = image.convert("RGBA")
     return image.convert("RGB")

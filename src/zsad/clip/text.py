@@ -1,4 +1,4 @@
-"""Prompted CLIP text encoder (METHODS.md §2.3; ECOSYSTEM.md §1.7 "text-side prompt learning").
+"""Prompted CLIP text encoder (deep text prompts as in AnomalyCLIP).
 
 `encode_text` runs `CLIPTextModel` by hand so that learnable vectors can replace token embeddings
 (context tokens in place of placeholder slots) and deep prompt tokens can overwrite hidden states at
@@ -95,7 +95,7 @@ def overwrite_positions(hidden: torch.Tensor, tokens: torch.Tensor, offset: int)
 def insert_positions(hidden: torch.Tensor, tokens: torch.Tensor, offset: int) -> torch.Tensor:
     """`(P, L + n, W)`: `tokens` (`(n, W)` or `(P, n, W)`) inserted before position `offset` of `hidden`.
 
-    Used for Crane's conditioning token (METHODS.md §5.2): every later position, end-of-text included,
+    Used for Crane's conditioning token: every later position, end-of-text included,
     moves by n.
     """
     if tokens.dim() == 2:

@@ -1,4 +1,4 @@
-"""Manual CLIP vision loop with the dual-path dense attention family (METHODS.md §2.1, §5.1).
+"""Manual CLIP vision loop with the dual-path dense attention family.
 
 With nothing changed, `vision_forward` reproduces `CLIPVisionModel` exactly. From `dense_start_layer`
 on, a second token stream z accumulates dense self-correlation attention computed from the *original*
@@ -12,18 +12,18 @@ attentions of a layer share one q/k/v projection and run in a single `scaled_dot
 call, so both streams cost one pass; nothing in the loop synchronises with the host.
 
 Further hooks serve the methods that change the tower:
-- `visual_prompts` (deep visual prompt tuning, METHODS.md §3.2): learnable tokens appended after the
+- `visual_prompts` (deep visual prompt tuning): learnable tokens appended after the
   1 + N tokens before the first prompted layer and replacing those trailing tokens before every later
   prompted layer; they travel through the remaining layers and are dropped at readout.
-- `guided_attention` (Crane+'s D-Attn, METHODS.md §5.1): at a chosen layer, an external patch-to-patch
+- `guided_attention` (Crane+'s D-Attn): at a chosen layer, an external patch-to-patch
   attention matrix A gives W_O(A V) at the patch tokens (no residual). V is that layer's projection of
   LN1 of the original stream either after the layer's attention residual, h + Attn(LN1(h))
   (`guided_value_source="post_attention"`, what the Crane reference computes and its released weights
-  were trained with, METHODS.md §11.1), or of the layer input h (`"layer_input"`, the paper's wording).
-- `head_weights` / `dense_head_weights` (HeadCLIP's learnable head weights, METHODS.md §4.2): per layer,
+  were trained with), or of the layer input h (`"layer_input"`, the paper's wording).
+- `head_weights` / `dense_head_weights` (HeadCLIP's learnable head weights): per layer,
   each head's output `A_h V_h` is scaled before `out_proj`, in the standard or the dense attention, inside
   the batched SDPA path (no per-head loop).
-- `dense_adapters` (DA-CLIP's DAKA, METHODS.md §6.2): per layer, a callable applied to the dense stream
+- `dense_adapters` (DA-CLIP's DAKA): per layer, a callable applied to the dense stream
   after that layer's update (it returns the new stream, e.g. `z + residual`).
 
 When `model.gradient_checkpointing_enable()` has set the encoder layers' `gradient_checkpointing` flag
@@ -169,7 +169,7 @@ def guided_attention_output(layer: CLIPEncoderLayer, normed_patches: torch.Tenso
     """`W_O(A V)` of `layer` for an external attention `A (B, N, N)` over `normed_patches (B, N, W)`.
 
     `normed_patches` are LN1-normalised patch tokens (CLS excluded); A is shared by all heads, so the
-    per-head products concatenate to `A V` with the full-width V (Crane+'s D-Attn, METHODS.md §5.1).
+    per-head products concatenate to `A V` with the full-width V (Crane+'s D-Attn).
     """
     batch, length = normed_patches.shape[:2]
     if tuple(attention.shape) != (batch, length, length):
@@ -315,7 +315,7 @@ def vision_forward(
 
     `visual_prompts` maps 1-indexed layers to prompt tokens `(n, W)` or `(B, n, W)`: appended after the
     1 + N tokens before the first of these layers, replacing the trailing n tokens before the later
-    ones (METHODS.md §3.2). Prompt tokens are never part of the returned tokens.
+    ones. Prompt tokens are never part of the returned tokens.
     """
     last, taps, grid_size, _ = _vision_tower(
         vision_model,

@@ -32,6 +32,21 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or os.sep in source.replace("/", "") or source.count("/") > 1
 
 
+def _refuse_raw_layout(folder: Path) -> None:
+    """A raw MVTec AD or VisA folder would load as a plain imagefolder (labels from folder names, masks
+    silently dropped): refuse it and name the `zsad convert` command that reads it properly."""
+    if any(folder.glob("*.parquet")) or any(folder.glob("*/metadata.*")) or any(folder.glob("metadata.*")):
+        return
+    if (folder / "split_csv").is_dir():
+        raise DataError(f"{folder} is a raw VisA folder; convert it first with `zsad convert visa {folder} OUT` "
+                        "and pass OUT", folder)
+    candidates = [folder, *(d for d in folder.iterdir() if d.is_dir())]
+    if any((d / "test").is_dir() and (d / "ground_truth").is_dir() for d in candidates):
+        raise DataError(f"{folder} is a raw MVTec AD-style folder (<category>/test, ground_truth masks), which would "
+                        f"be read without its masks; convert it first with `zsad convert mvtec {folder} OUT` and "
+                        "pass OUT", folder)
+
+
 def _load(source: str, split: Optional[str], streaming: bool, kwargs: dict[str, Any]) -> AnyDataset:
     path = Path(source).expanduser()
     try:
@@ -53,6 +68,7 @@ def _load(source: str, split: Optional[str], streaming: bool, kwargs: dict[str, 
                         return datasets.IterableDatasetDict({k: v.to_iterable_dataset() for k, v in loaded.items()})
                     return loaded.to_iterable_dataset()
                 return loaded
+            _refuse_raw_layout(path)
             return datasets.load_dataset(str(path), streaming=streaming, **kwargs)
         if _looks_like_path(source):
             raise DataError(f"dataset not found: {path} does not exist", path)

@@ -1,4 +1,4 @@
-"""Model cards for zsad checkpoints (ECOSYSTEM.md §6.1): YAML metadata + usage, results, limitations."""
+"""Model cards for zsad checkpoints: YAML metadata + usage, results, limitations."""
 
 from __future__ import annotations
 

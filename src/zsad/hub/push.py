@@ -1,4 +1,4 @@
-"""Publishing to the Hub: everything of a folder goes up in one commit (ECOSYSTEM.md §6.1-6.2).
+"""Publishing to the Hub: everything of a folder goes up in one commit.
 
 `PreTrainedModel.push_to_hub` would replace our README with transformers' generic card, so zsad saves
 the folder itself and uploads it. `push_directory` (`zsad push`) recognises two kinds of folders:

@@ -2,7 +2,7 @@
 
 Each checkpoint carries a short `modeling_zsad.py` that imports the classes from the installed
 `zsad` package, and `config.json["auto_map"]` (`preprocessor_config.json["auto_map"]` for the image
-processor) points at it (ECOSYSTEM.md §1.6, "shim pattern"). If zsad
+processor) points at it. If zsad
 is not installed, transformers answers "This modeling file requires ... zsad. Run pip install zsad".
 """
 

@@ -1,4 +1,4 @@
-"""AdaCLIP configuration (METHODS.md §3)."""
+"""AdaCLIP configuration."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from typing import ClassVar
 from ...modeling_base import ZSADConfig
 from ..zsad_clip.configuration_zsad_clip import TEMPLATES
 
-# AdaCLIP's class-aware ensemble uses the first four of the shared templates (METHODS.md §3.2).
+# AdaCLIP's class-aware ensemble uses the first four of the shared templates.
 ADACLIP_TEMPLATES = TEMPLATES[:4]
 
 
 class AdaCLIPConfig(ZSADConfig):
     r"""AdaCLIP: hybrid static + dynamic prompts in both encoders, learned projections, HSF image score.
 
-    Layer settings default to METHODS.md §3 for ViT-L/14 (taps at layers 6/12/18/24, prompts in the first
+    Layer settings default to the reference code's for ViT-L/14 (taps at layers 6/12/18/24, prompts in the first
     4 layers) and scale with the depth of other backbones.
 
     Args (besides `ZSADConfig`'s; `backbone_hidden_act` defaults to `gelu`, the reference's activation):
@@ -37,7 +37,7 @@ class AdaCLIPConfig(ZSADConfig):
     """
 
     model_type = "zsad_adaclip"
-    # METHODS.md §3.4: AdamW lr 0.01, betas (0.5, 0.999), default weight decay, 5 epochs, seed 111. The
+    # Reference training: AdamW lr 0.01, betas (0.5, 0.999), default weight decay, 5 epochs, seed 111. The
     # reference trains with batch 1 only (its dynamic prompts cannot broadcast); here any batch size works.
     training_defaults: ClassVar[dict | None] = {
         "optimizer": "adamw", "learning_rate": 1e-2, "betas": (0.5, 0.999), "weight_decay": 0.01,

@@ -1,4 +1,4 @@
-"""AdaCLIP (Cao et al., ECCV 2024; METHODS.md §3): hybrid learnable prompts for zero-shot anomaly detection.
+"""AdaCLIP (Cao et al., ECCV 2024): hybrid learnable prompts for zero-shot anomaly detection.
 
 - A prompt-free pass of the frozen image encoder gives the global embedding e; static + dynamic prompts
   (J = 4 layers, L = 5 tokens, dynamic part generated from e) enter both encoders (§3.2).
@@ -39,7 +39,7 @@ ADACLIP_CITATION = """@inproceedings{cao2024adaclip,
 def prompt_ensemble(class_name: str) -> tuple[list[str], list[str]]:
     """The 28 normal and 20 anomaly sentences of `class_name`: 7 / 5 states x 4 templates, state-major (§3.2).
 
-    Hyphens in the name become spaces ("metal-nut" -> "metal nut"), as in the reference (METHODS.md §11.4).
+    Hyphens in the name become spaces ("metal-nut" -> "metal nut"), as in the reference.
     """
     name = class_name.replace("-", " ")
     return tuple(
@@ -91,7 +91,7 @@ def hybrid_semantic_fusion(
     weight: float,
     iterations: int,
 ) -> torch.Tensor:
-    """AdaCLIP's HSF as implemented in the reference code (METHODS.md §3.3): `(B, D)` image embeddings.
+    """AdaCLIP's HSF as implemented in the reference code: `(B, D)` image embeddings.
 
     The `num_clusters * patches_per_cluster` most anomalous patches (capped by the number of patches)
     are clustered on their concatenated per-layer features; each cluster's centroid is the mean of its
@@ -144,7 +144,7 @@ class AdaCLIPModel(ZSADPreTrainedModel):
         depth, length = config.prompt_depth, config.prompt_length
         self.vision_prompts = HybridPrompts(depth, length, vision_width, embed_dim)
         # The static text tokens of layer 1 are never read (text prompts start at layer 2), as in the
-        # reference; they are kept so the parameter layout and count match it (METHODS.md §3.4).
+        # reference; they are kept so the parameter layout and count match it.
         self.text_prompts = HybridPrompts(depth, length, text_config.hidden_size, embed_dim)
         self.projections = FeatureProjections(len(config.feature_layers), vision_width, embed_dim)
         token_ids = None
@@ -288,7 +288,7 @@ class AdaCLIPModel(ZSADPreTrainedModel):
         return [upsample_patch_scores(logits, grid_size, size, align_corners=True).softmax(dim=1) for logits in patch_logits]
 
     def compute_loss(self, image_logits, pixel_probabilities, labels, masks) -> torch.Tensor:
-        """Focal(image probabilities) + sum over layers of focal + dice_a + dice_n (METHODS.md §3.4)."""
+        """Focal(image probabilities) + sum over layers of focal + dice_a + dice_n."""
         loss = focal_loss(image_logits.softmax(dim=-1)[:, :, None, None], labels[:, None, None])
         if masks is not None:
             loss = loss + sum(segmentation_loss(p, masks) for p in pixel_probabilities)

@@ -1,4 +1,4 @@
-"""AnomalyCLIP configuration (METHODS.md §2)."""
+"""AnomalyCLIP configuration."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class AnomalyCLIPConfig(ZSADConfig):
 
     model_type = "zsad_anomalyclip"
     default_feature_fractions: ClassVar[tuple[float, ...]] = (1.0,)
-    # METHODS.md §2.5: Adam lr 1e-3, betas (0.5, 0.999), batch 8, 15 epochs, seed 111.
+    # Reference training: Adam lr 1e-3, betas (0.5, 0.999), batch 8, 15 epochs, seed 111.
     training_defaults: ClassVar[dict | None] = {
         "optimizer": "adam", "learning_rate": 1e-3, "betas": (0.5, 0.999), "weight_decay": 0.0,
         "batch_size": 8, "num_epochs": 15, "seed": 111,

@@ -1,4 +1,4 @@
-"""AnomalyCLIP (Zhou et al., ICLR 2024; METHODS.md §2): object-agnostic prompt learning for ZSAD.
+"""AnomalyCLIP (Zhou et al., ICLR 2024): object-agnostic prompt learning for ZSAD.
 
 - Dense features: DPAM, V-V attention on a dual path over the last 19/24 layers; patch tokens of the
   final dense stream only (§2.1), global embedding without `post_layernorm`.

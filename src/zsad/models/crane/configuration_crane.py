@@ -1,4 +1,4 @@
-"""Crane / Crane+ configuration (METHODS.md §5)."""
+"""Crane / Crane+ configuration."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from ..anomalyclip.configuration_anomalyclip import AnomalyCLIPConfig
 
 DEFAULT_DINO_BACKBONE = "facebook/dinov2-with-registers-base"
 
-# Architecture of facebook/dinov2-with-registers-base (DINOv2 ViT-B/14 with 4 registers, METHODS.md §5.1),
+# Architecture of facebook/dinov2-with-registers-base (DINOv2 ViT-B/14 with 4 registers),
 # so a default Crane+ config builds offline.
 DINOV2_REG_B14_CONFIG: dict[str, Any] = {
     "model_type": "dinov2_with_registers",
@@ -40,8 +40,7 @@ class CraneConfig(AnomalyCLIPConfig):
         prompt_conditioning: when the L2-normalised global image embedding is inserted as a context token
             after the learnable ones (§5.2): `train` (in training mode only: the released pipeline, whose
             test code evaluates with static prompts), `always`, or `never`.
-        soft_mean: anomaly map from the mean of the dense maps' probabilities (True) or, as the reference
-            (METHODS.md §11.2), each map's logits upsampled (bilinear), averaged, then the softmax (False).
+        soft_mean: anomaly map from the mean of the dense maps' probabilities (True) or, as the reference, each map's logits upsampled (bilinear), averaged, then the softmax (False).
         fusion_weight: weight of the score-pooled patch embedding c in `g+ = normalise(w c + (1 - w) g)` (0.5).
         local_loss_weight: weight of each dense map's `focal + dice` term (2 per map in the reference).
             Defaults to 2 for Crane+ (two different maps) and 8 for Crane, whose reference sums the four
@@ -57,7 +56,7 @@ class CraneConfig(AnomalyCLIPConfig):
         dino_mean_scale / dino_sharpness: `S' = (S - 1.2 mean(S)) * 3`, `mean` per image.
         guided_value_source: where D-Attn takes its values V at the last layer: `post_attention` (LN1 of
             that layer's stream after its attention residual, h + Attn(LN1(h)): the reference code, which
-            produced the released Crane+ weights and the paper's numbers, METHODS.md §11.1) or
+            produced the released Crane+ weights and the paper's numbers) or
             `layer_input` (LN1 of the layer input h, as §5.1 describes it).
     """
 
@@ -67,7 +66,7 @@ class CraneConfig(AnomalyCLIPConfig):
         "dino_config": SubConfigSpec(AutoConfig, model_type="dinov2_with_registers", optional=True),
     }
     default_feature_fractions: ClassVar[tuple[float, ...]] = (1.0,)
-    # METHODS.md §5.4: Adam lr 1e-3, betas (0.6, 0.999), batch 8, 5 epochs, seed 111.
+    # Reference training: Adam lr 1e-3, betas (0.6, 0.999), batch 8, 5 epochs, seed 111.
     training_defaults: ClassVar[dict | None] = {
         "optimizer": "adam", "learning_rate": 1e-3, "betas": (0.6, 0.999), "weight_decay": 0.0,
         "batch_size": 8, "num_epochs": 5, "seed": 111,

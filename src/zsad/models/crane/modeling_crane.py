@@ -1,4 +1,4 @@
-"""Crane and Crane+ (Salehi et al., arXiv 2504.11055; METHODS.md §5): context-guided prompt learning and
+"""Crane and Crane+ (Salehi et al., arXiv 2504.11055): context-guided prompt learning and
 attention refinement for zero-shot anomaly detection.
 
 - Dense features: E-Attn, the sum of the QQ, KK and VV self-correlations, on a dual path over the last
@@ -51,7 +51,7 @@ CLIP_TO_IMAGENET = tuple(
 
 
 def dino_guided_attention(similarity: torch.Tensor, mean_scale: float = 1.2, sharpness: float = 3.0) -> torch.Tensor:
-    """Crane+'s D-Attn weights `(B, N, N)` from patch similarities `S (B, N, N)` (METHODS.md §5.1).
+    """Crane+'s D-Attn weights `(B, N, N)` from patch similarities `S (B, N, N)`.
 
     `S' = (S - mean_scale * mean(S)) * sharpness`; entries with `S' < 0` are masked out and each row is
     softmax-normalised. Two deliberate differences from the reference:
@@ -192,7 +192,7 @@ class CraneModel(ZSADPreTrainedModel):
 
     def map_probabilities(self, patch_logits, grid_size, size) -> list[torch.Tensor]:
         """`soft_mean`: each dense map's softmax, upsampled (bilinear; the map step averages them); else, as
-        the reference (METHODS.md §11.2), the maps' logits upsampled (bilinear), averaged, then the softmax."""
+        the reference, the maps' logits upsampled (bilinear), averaged, then the softmax."""
         if self.config.soft_mean:
             return super().map_probabilities(patch_logits, grid_size, size)
         upsampled = [upsample_patch_scores(logits, grid_size, size) for logits in patch_logits]

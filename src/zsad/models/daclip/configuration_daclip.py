@@ -1,4 +1,4 @@
-"""DA-CLIP configuration (METHODS.md §6.2, [OUR DESIGN, from the abstract])."""
+"""DA-CLIP configuration ([OUR DESIGN, from the abstract]; docs/models/daclip.md)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ class DACLIPConfig(AnomalyCLIPConfig):
     """
 
     model_type = "zsad_daclip"
-    # METHODS.md §6.2.6: Adam, 1e-3 for the prompts and keys, 1e-4 for the LoRA experts and the routers
+    # Adam, 1e-3 for the prompts and keys, 1e-4 for the LoRA experts and the routers
     # (the "experts" parameter group at 0.1 x the learning rate), betas (0.5, 0.999), batch 8, 15 epochs.
     training_defaults: ClassVar[dict | None] = {
         "optimizer": "adam", "learning_rate": 1e-3, "learning_rate_scales": {"experts": 0.1},

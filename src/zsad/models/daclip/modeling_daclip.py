@@ -1,4 +1,4 @@
-"""DA-CLIP (Ma, Fang, Huang, IEEE TIP 2026; METHODS.md §6.2): domain-aware prompts and routed experts for
+"""DA-CLIP (Ma, Fang, Huang, IEEE TIP 2026): domain-aware prompts and routed experts for
 zero-shot anomaly detection. Only the abstract is public: everything below is zsad's design from it
 ([OUR DESIGN, from the abstract]), built on AnomalyCLIP so results are comparable.
 

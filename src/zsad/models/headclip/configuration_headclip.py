@@ -1,4 +1,4 @@
-"""HeadCLIP configuration (METHODS.md §4.2)."""
+"""HeadCLIP configuration."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class HeadCLIPConfig(AnomalyCLIPConfig):
     """
 
     model_type = "zsad_headclip"
-    # METHODS.md §4.2 / §7: AnomalyCLIP's training (Adam lr 1e-3, betas (0.5, 0.999), batch 8, 15 epochs,
+    # Reference training: AnomalyCLIP's training (Adam lr 1e-3, betas (0.5, 0.999), batch 8, 15 epochs,
     # seed 111); the head weights use the prompts' learning rate.
     training_defaults: ClassVar[dict | None] = {
         "optimizer": "adam", "learning_rate": 1e-3, "betas": (0.5, 0.999), "weight_decay": 0.0,

@@ -1,4 +1,4 @@
-"""HeadCLIP (Jeong, Heo, Son, Kang; arXiv 2505.22259; METHODS.md §4): domain adaptation of attention heads
+"""HeadCLIP (Jeong, Heo, Son, Kang; arXiv 2505.22259): domain adaptation of attention heads
 for zero-shot anomaly detection. The code is not public: §4.2 is our design, consistent with the abstract.
 
 - Base: AnomalyCLIP exactly (§2): object-agnostic prompts with deep text tokens (43,008 parameters),

@@ -1,4 +1,4 @@
-"""Configuration of the training-free CLIP baseline `ZeroShotCLIP` (METHODS.md §2.3)."""
+"""Configuration of the training-free CLIP baseline `ZeroShotCLIP`."""
 
 from __future__ import annotations
 

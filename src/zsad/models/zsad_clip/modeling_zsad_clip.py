@@ -1,4 +1,4 @@
-"""`ZeroShotCLIP`: frozen CLIP + V-V dense features + the hand-crafted prompt ensemble (METHODS.md §2.3).
+"""`ZeroShotCLIP`: frozen CLIP + V-V dense features + the hand-crafted prompt ensemble.
 
 The "CLIP" baseline of AnomalyCLIP's code, on the same dense dual path: each state group's sentences
 are encoded with the plain text encoder, L2-normalised, averaged and re-normalised into t_n and t_a.
