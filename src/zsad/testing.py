@@ -4,8 +4,10 @@
 `CLIPTokenizer` whose vocabulary fits the tiny text config, so `from_backbone(path)` works offline.
 
 transformers initialises every bias to 0 and every LayerNorm to the identity (weight 1, bias 0); a test
-on such weights cannot tell a missing bias or a swapped LayerNorm from the right one. Every backbone
-built here therefore goes through `randomize_biases_and_norms` (seeded) after construction.
+on such weights cannot tell a missing bias or a swapped LayerNorm from the right one. The tiny test
+backbones (`tiny_clip_model`, `save_tiny_backbone`) therefore go through `randomize_biases_and_norms`
+(seeded) after construction. `save_random_backbone` keeps transformers' initialisation, so the real-data
+smoke run of docs/training.md stays reproducible.
 """
 
 from __future__ import annotations
@@ -127,7 +129,7 @@ def save_random_backbone(architecture: str | os.PathLike, path: str | os.PathLik
     `architecture` (e.g. ../shared/clip-tokenizer: the real CLIP tokenizer and a TinyCLIP config)."""
     torch.manual_seed(seed)
     path = Path(path)
-    randomize_biases_and_norms(CLIPModel(CLIPConfig.from_pretrained(architecture)), seed).save_pretrained(path)
+    CLIPModel(CLIPConfig.from_pretrained(architecture)).save_pretrained(path)
     AutoTokenizer.from_pretrained(architecture).save_pretrained(path)
     return path
 
