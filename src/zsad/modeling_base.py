@@ -24,7 +24,13 @@ from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput
 from .clip.text import TokenizedPrompts
 from .clip.vision import DENSE_ATTENTION_KINDS, VisionFeatures, encode_image
 from .hub.remote_code import write_remote_code_shim
-from .scoring import anomaly_maps_from_probabilities, patch_probabilities, upsample_patch_scores
+from .scoring import (
+    JOINT_SCORE_POOLINGS,
+    anomaly_maps_from_probabilities,
+    joint_anomaly_scores,
+    similarity_logits,
+    upsample_patch_scores,
+)
 
 DEFAULT_BACKBONE = "openai/clip-vit-large-patch14-336"
 
@@ -57,6 +63,7 @@ VIT_L14_336_CLIP_CONFIG: dict[str, Any] = {
 }
 
 POS_EMBED_INTERPOLATIONS = ("bicubic", "bilinear")
+IMAGE_SCORES = ("global", "joint")
 REFERENCE_IMAGE_SIZE = 518  # 37 x 37 patches of 14 px (METHODS.md §1)
 
 
@@ -91,6 +98,12 @@ class ZSADConfig(PreTrainedConfig):
         pos_embed_interpolation: `bicubic` (transformers) or `bilinear` (AnomalyCLIP/Crane reference code).
         global_post_layernorm: apply `post_layernorm` to the CLS token before the projection (CLIP does;
             AnomalyCLIP does not).
+        image_score: `global` (the global embedding's anomaly probability, every reference method) or
+            `joint` (HeadCLIP's joint anomaly score, METHODS.md §4.2:
+            `alpha * p_global + (1 - alpha) * pool(anomaly map)`).
+        joint_score_alpha: alpha of the joint score, in [0, 1].
+        joint_score_pooling: `max` of the map, or `topk_mean`: the mean of its top
+            `joint_score_topk_fraction` pixels.
     """
 
     model_type = "zsad"
@@ -111,6 +124,10 @@ class ZSADConfig(PreTrainedConfig):
     gaussian_sigma: float = 4.0
     pos_embed_interpolation: str = "bicubic"
     global_post_layernorm: bool = True
+    image_score: str = "global"
+    joint_score_alpha: float = 0.5
+    joint_score_pooling: str = "max"
+    joint_score_topk_fraction: float = 0.01
 
     def __post_init__(self, **kwargs):
         if self.clip_config is None:
@@ -158,6 +175,14 @@ class ZSADConfig(PreTrainedConfig):
             raise ValueError(f"image_size must be a positive multiple of the patch size {patch}; got {self.image_size}")
         if self.temperature <= 0 or self.gaussian_sigma < 0:
             raise ValueError("temperature must be > 0 and gaussian_sigma >= 0")
+        if self.image_score not in IMAGE_SCORES:
+            raise ValueError(f"image_score must be one of {IMAGE_SCORES}; got {self.image_score!r}")
+        if not 0.0 <= self.joint_score_alpha <= 1.0:
+            raise ValueError(f"joint_score_alpha must be within [0, 1]; got {self.joint_score_alpha}")
+        if self.joint_score_pooling not in JOINT_SCORE_POOLINGS:
+            raise ValueError(f"joint_score_pooling must be one of {JOINT_SCORE_POOLINGS}; got {self.joint_score_pooling!r}")
+        if not 0.0 < self.joint_score_topk_fraction <= 1.0:
+            raise ValueError(f"joint_score_topk_fraction must be within (0, 1]; got {self.joint_score_topk_fraction}")
 
 
 @dataclass
@@ -189,21 +214,33 @@ class ZSADAdapter(nn.Module):
 class ZSADPreTrainedModel(PreTrainedModel):
     """Frozen CLIP backbone + trainable adapters, adapter-only checkpoints, text-feature cache.
 
-    The default `forward` is the AnomalyCLIP-style pipeline (METHODS.md §2.4) shared by methods that
-    score patches and the global embedding against two text embeddings: subclasses provide
-    `compute_text_features()` and, when trainable, `compute_loss()`.
+    `forward` is one pipeline of named steps, each a method that a subclass overrides where its paper
+    changes that step (the defaults are AnomalyCLIP's, METHODS.md §2.4-2.5):
+
+    1. `image_features`: the vision pass -> `VisionFeatures` (global + dense patch embeddings);
+    2. `prompt_text_features`: `(2, D)` or per-image `(B, 2, D)` [normal, anomaly] text embeddings;
+    3. `patch_logits` and `image_logits`: similarities of the patches / the image to the text;
+    4. `map_probabilities`: `(B, 2, H, W)` maps at the input size, blurred into `anomaly_maps`;
+    5. `image_scores`: `pred_scores` from the image logits (and the map, for the joint score);
+    6. `loss_probabilities` + `compute_loss` (+ `auxiliary_losses`) when targets are given.
+
+    Subclasses provide at least `compute_text_features()` and, when trainable, `compute_loss()`.
     """
 
     config_class = ZSADConfig
     base_model_prefix = "zsad"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["CLIPEncoderLayer", "CLIPVisionEmbeddings", "CLIPTextEmbeddings"]
     _keys_to_ignore_on_load_missing = [r"^clip\."]
     # Class-aware methods prompt with each image's category and implement `set_class_names(names)`.
     class_aware: ClassVar[bool] = False
+    # Methods whose adapters sit inside the vision tower need gradients through it (else it runs under
+    # no_grad); `gradient_checkpointing_enable()` then trades compute for activation memory.
+    trains_through_vision: ClassVar[bool] = False
+    output_class: ClassVar[type[AnomalyDetectionOutput]] = AnomalyDetectionOutput
 
     def __init__(self, config: ZSADConfig):
         super().__init__(config)
@@ -387,6 +424,59 @@ class ZSADPreTrainedModel(PreTrainedModel):
                 self._text_cache = (key, self.compute_text_features())
         return self._text_cache[1]
 
+    def prompt_free_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`(B, P)` global embedding of a frozen, prompt-free pass (no dense path, no grad): the image
+        condition of AdaCLIP's dynamic prompts, DA-CLIP's router and HeadCLIP's dynamic head weights."""
+        with torch.no_grad():
+            return self.encode_image(pixel_values, feature_layers=(), dense_attention=None).global_embeds
+
+    # ------------------------------------------------------------------ pipeline steps (see the class docstring)
+    def image_features(self, pixel_values: torch.Tensor, categories: Sequence[str] | None = None) -> VisionFeatures:
+        """Step 1: one vision pass (under no_grad unless `trains_through_vision`)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.trains_through_vision):
+            return self.encode_image(pixel_values)
+
+    def prompt_text_features(self, features: VisionFeatures, categories: Sequence[str] | None = None) -> torch.Tensor:
+        """Step 2: `(2, D)` (or `(B, 2, D)`) L2-normalised [normal, anomaly] text embeddings; cached default."""
+        return self.text_features()
+
+    def patch_logits(self, features: VisionFeatures, text: torch.Tensor) -> list[torch.Tensor]:
+        """Step 3: `(B, N, 2)` logits `cos(f_p, t_c) / temperature` of every dense map (feature layers, then
+        guided-attention outputs)."""
+        maps = (*features.patch_embeds, *features.guided_patch_embeds)
+        return [similarity_logits(patches, text, self.config.temperature) for patches in maps]
+
+    def image_logits(self, features: VisionFeatures, text: torch.Tensor, patch_logits: list[torch.Tensor]) -> torch.Tensor:
+        """Step 3: `(B, 2)` logits of the global embedding."""
+        return similarity_logits(features.global_embeds, text, self.config.temperature)
+
+    def map_probabilities(
+        self, patch_logits: list[torch.Tensor], grid_size: tuple[int, int], size: tuple[int, int]
+    ) -> list[torch.Tensor]:
+        """Step 4: `(B, 2, H, W)` probability maps at the input size; their mean `(p_a + 1 - p_n) / 2` is
+        blurred into `anomaly_maps`. Default: per map, softmax then bilinear upsampling."""
+        return [upsample_patch_scores(logits.softmax(dim=-1), grid_size, size) for logits in patch_logits]
+
+    def image_scores(self, image_logits: torch.Tensor, anomaly_maps: torch.Tensor) -> torch.Tensor:
+        """Step 5: `(B,)` scores, the global anomaly probability or the joint score (`config.image_score`)."""
+        global_scores = image_logits.softmax(dim=-1)[:, 1]
+        if self.config.image_score == "global":
+            return global_scores
+        cfg = self.config
+        return joint_anomaly_scores(
+            global_scores, anomaly_maps, cfg.joint_score_alpha, cfg.joint_score_pooling, cfg.joint_score_topk_fraction
+        )
+
+    def loss_probabilities(
+        self,
+        patch_logits: list[torch.Tensor],
+        grid_size: tuple[int, int],
+        size: tuple[int, int],
+        map_probabilities: list[torch.Tensor],
+    ) -> list[torch.Tensor]:
+        """Step 6: the `(B, 2, H, W)` maps the local loss sees; default: the map probabilities themselves."""
+        return map_probabilities
+
     def compute_loss(
         self,
         image_logits: torch.Tensor,
@@ -394,8 +484,16 @@ class ZSADPreTrainedModel(PreTrainedModel):
         labels: torch.Tensor,
         masks: torch.Tensor | None,
     ) -> torch.Tensor | None:
-        """Training loss; training-free models return None."""
+        """Step 6: training loss; training-free models return None."""
         return None
+
+    def auxiliary_losses(self, features: VisionFeatures) -> dict[str, torch.Tensor]:
+        """Step 6: weighted extra loss terms (e.g. DA-CLIP's load balance), added to the training loss."""
+        return {}
+
+    def output_extras(self, features: VisionFeatures) -> dict[str, Any]:
+        """Method-specific fields of `output_class` beyond `AnomalyDetectionOutput`'s."""
+        return {}
 
     def forward(
         self,
@@ -405,50 +503,41 @@ class ZSADPreTrainedModel(PreTrainedModel):
         return_dict: bool | None = None,
         categories: str | Sequence[str] | None = None,
     ) -> AnomalyDetectionOutput | tuple:
-        """Score images: global probability -> `pred_scores`, dense patch probabilities -> `anomaly_maps`.
+        """Score images: `pred_scores (B,)` and `anomaly_maps (B, H, W)`; a loss when targets are given.
 
-        `categories` (each image's class name) is accepted by every model and used by class-aware ones
-        (`class_aware = True`, e.g. AdaCLIP); object-agnostic methods ignore it.
+        `categories` (each image's class name, or one for all) is accepted by every model and used by
+        class-aware ones (`class_aware = True`, e.g. AdaCLIP); object-agnostic methods ignore it.
         """
-        height, width = pixel_values.shape[-2:]
-        with torch.no_grad():
-            features = self.encode_image(pixel_values)
-        text = self.text_features()
-
-        image_logits = F.normalize(features.global_embeds, dim=-1) @ text.t() / self.config.temperature
-        patch_logits = [
-            F.normalize(patches, dim=-1) @ text.t() / self.config.temperature for patches in features.patch_embeds
-        ]
-        pixel_probabilities = [
-            upsample_patch_scores(patch_probabilities(logits), features.grid_size, (height, width))
-            for logits in patch_logits
-        ]
-        anomaly_maps = anomaly_maps_from_probabilities(pixel_probabilities, self.config.gaussian_sigma)
+        _check_pixel_values(pixel_values, self.config.clip_config.vision_config.patch_size)
+        size = tuple(pixel_values.shape[-2:])
+        features = self.image_features(pixel_values, categories)
+        text = self.prompt_text_features(features, categories)
+        patch_logits = self.patch_logits(features, text)
+        image_logits = self.image_logits(features, text, patch_logits)
+        map_probabilities = self.map_probabilities(patch_logits, features.grid_size, size)
+        anomaly_maps = anomaly_maps_from_probabilities(map_probabilities, self.config.gaussian_sigma)
+        pred_scores = self.image_scores(image_logits, anomaly_maps)
 
         loss = None
         if labels is not None or masks is not None:
             masks, labels = _check_targets(masks, labels, pixel_values)
-            loss = self.compute_loss(image_logits, pixel_probabilities, labels, masks)
+            loss_probabilities = []
+            if masks is not None:
+                loss_probabilities = self.loss_probabilities(patch_logits, features.grid_size, size, map_probabilities)
+            loss = self.compute_loss(image_logits, loss_probabilities, labels, masks)
+            auxiliary = self.auxiliary_losses(features)
+            if loss is not None and auxiliary:
+                loss = loss + sum(auxiliary.values())
 
-        return detection_output(loss, image_logits, anomaly_maps, patch_logits, return_dict)
-
-
-def detection_output(
-    loss: torch.Tensor | None,
-    image_logits: torch.Tensor,
-    anomaly_maps: torch.Tensor,
-    patch_logits: Sequence[torch.Tensor],
-    return_dict: bool | None,
-) -> AnomalyDetectionOutput | tuple:
-    """The model output: `pred_scores` is the anomaly probability of the `(B, 2)` image logits."""
-    output = AnomalyDetectionOutput(
-        loss=loss,
-        pred_scores=image_logits.softmax(dim=-1)[:, 1],
-        anomaly_maps=anomaly_maps,
-        patch_logits=tuple(patch_logits),
-        image_logits=image_logits,
-    )
-    return output if return_dict is not False else output.to_tuple()
+        output = self.output_class(
+            loss=loss,
+            pred_scores=pred_scores,
+            anomaly_maps=anomaly_maps,
+            patch_logits=tuple(patch_logits),
+            image_logits=image_logits,
+            **self.output_extras(features),
+        )
+        return output if return_dict is not False else output.to_tuple()
 
 
 def _load_clip(backbone_id: str, dtype: torch.dtype | None) -> CLIPModel:

@@ -8,9 +8,43 @@ import torch
 import torch.nn.functional as F
 
 
-def patch_probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """`(B, N, 2)` normal/anomaly logits -> `(B, N, 2)` probabilities."""
-    return logits.softmax(dim=-1)
+JOINT_SCORE_POOLINGS = ("max", "topk_mean")
+
+
+def similarity_logits(embeds: torch.Tensor, text: torch.Tensor, temperature: float) -> torch.Tensor:
+    """`cos(embeds, text) / temperature`: `(B, D)` or `(B, N, D)` embeddings against `(C, D)` text shared
+    by the batch or `(B, C, D)` per-image text -> `(B, C)` or `(B, N, C)` logits."""
+    embeds = F.normalize(embeds, dim=-1)
+    text = text.to(embeds.dtype)
+    if text.dim() == 2:
+        return embeds @ text.t() / temperature
+    if embeds.dim() == 2:
+        return (embeds.unsqueeze(1) @ text.transpose(1, 2)).squeeze(1) / temperature
+    return embeds @ text.transpose(1, 2) / temperature
+
+
+def pool_anomaly_maps(maps: torch.Tensor, pooling: str = "max", topk_fraction: float = 0.01) -> torch.Tensor:
+    """`(B, H, W)` maps -> `(B,)`: the maximum, or the mean of the top `topk_fraction` of the pixels
+    (at least one)."""
+    flat = maps.flatten(1)
+    if pooling == "max":
+        return flat.amax(dim=1)
+    if pooling == "topk_mean":
+        count = max(1, int(round(topk_fraction * flat.shape[1])))
+        return flat.topk(count, dim=1).values.mean(dim=1)
+    raise ValueError(f"pooling must be one of {JOINT_SCORE_POOLINGS}; got {pooling!r}")
+
+
+def joint_anomaly_scores(
+    global_scores: torch.Tensor,
+    maps: torch.Tensor,
+    alpha: float = 0.5,
+    pooling: str = "max",
+    topk_fraction: float = 0.01,
+) -> torch.Tensor:
+    """HeadCLIP's joint anomaly score (METHODS.md §4.2): `alpha * p_global + (1 - alpha) * pool(map)`."""
+    pooled = pool_anomaly_maps(maps, pooling, topk_fraction).to(global_scores.dtype)
+    return alpha * global_scores + (1.0 - alpha) * pooled
 
 
 def upsample_patch_scores(

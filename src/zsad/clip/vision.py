@@ -11,19 +11,28 @@ where A is W_O(sum_x softmax(X X^T / sqrt(d)) V) over X in {Q, K, V} as selected
 attentions of a layer share one q/k/v projection and run in a single `scaled_dot_product_attention`
 call, so both streams cost one pass; nothing in the loop synchronises with the host.
 
-Two further hooks serve AdaCLIP and Crane+:
+Further hooks serve the methods that change the tower:
 - `visual_prompts` (deep visual prompt tuning, METHODS.md §3.2): learnable tokens appended after the
   1 + N tokens before the first prompted layer and replacing those trailing tokens before every later
   prompted layer; they travel through the remaining layers and are dropped at readout.
 - `guided_attention` (Crane+'s D-Attn, METHODS.md §5.1): at a chosen layer, an external patch-to-patch
   attention matrix A gives W_O(A V), with V from that layer's projection of LN1(original-stream input)
   at the patch tokens (no residual).
+- `head_weights` / `dense_head_weights` (HeadCLIP's learnable head weights, METHODS.md §4.2): per layer,
+  each head's output `A_h V_h` is scaled before `out_proj`, in the standard or the dense attention, inside
+  the batched SDPA path (no per-head loop).
+- `dense_adapters` (DA-CLIP's DAKA, METHODS.md §6.2): per layer, a callable applied to the dense stream
+  after that layer's update (it returns the new stream, e.g. `z + residual`).
+
+When `model.gradient_checkpointing_enable()` has set the encoder layers' `gradient_checkpointing` flag
+and gradients are enabled, every layer step runs under activation checkpointing (same values).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +62,8 @@ class VisionFeatures:
         last_hidden_state: `(B, 1 + N, W)` original-stream output of the last layer (prompts dropped).
         guided_patch_embeds: per layer of `guided_attention`, the `(B, N, P)` (or raw `(B, N, W)`) output
             of the guided attention.
+        extras: method-specific values computed with the features (e.g. the prompt-free embedding that
+            conditions AdaCLIP's prompts, DA-CLIP's router probabilities), read by later pipeline steps.
     """
 
     global_embeds: torch.Tensor
@@ -60,6 +71,7 @@ class VisionFeatures:
     grid_size: tuple[int, int]
     last_hidden_state: torch.Tensor
     guided_patch_embeds: tuple[torch.Tensor, ...] = ()
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def position_embeddings(
@@ -103,14 +115,26 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(batch, length, heads * head_dim)
 
 
+def _head_scale(weights: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
+    """`(H,)` or `(B, H)` head weights -> `(B, H, 1, 1)`, checked."""
+    if weights.shape[-1] != heads or weights.dim() not in (1, 2) or (weights.dim() == 2 and weights.shape[0] != batch):
+        raise ValueError(f"head weights must have shape ({heads},) or ({batch}, {heads}); got {tuple(weights.shape)}")
+    return weights.expand(batch, heads).reshape(batch, heads, 1, 1)
+
+
 def dual_path_attention(
-    layer: CLIPEncoderLayer, hidden_states: torch.Tensor, dense_kinds: Sequence[str] = ()
+    layer: CLIPEncoderLayer,
+    hidden_states: torch.Tensor,
+    dense_kinds: Sequence[str] = (),
+    head_weights: torch.Tensor | None = None,
+    dense_head_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Self-attention of `layer` on `hidden_states` (already layer-normed), plus the dense attention.
 
     Returns `(standard, dense)`, both after `out_proj`; `dense` is None when `dense_kinds` is empty.
     The q/k/v projections run once; the standard and every dense self-correlation share one SDPA call
-    (stacked along the batch) and one `out_proj` matmul.
+    (stacked along the batch) and one `out_proj` matmul. `head_weights` / `dense_head_weights` (`(H,)`
+    or `(B, H)`) scale each head's output of the standard / dense attention before `out_proj`.
     """
     attention = layer.self_attn
     heads = attention.num_heads
@@ -122,8 +146,14 @@ def dual_path_attention(
     keys = torch.cat([k] + [projected[x] for x in dense_kinds])
     values = v.repeat(1 + len(dense_kinds), 1, 1, 1) if dense_kinds else v
     out = F.scaled_dot_product_attention(queries, keys, values, scale=attention.scale)
-    out = attention.out_proj(_merge_heads(out))
     batch = hidden_states.shape[0]
+    if head_weights is not None or (dense_kinds and dense_head_weights is not None):
+        ones = out.new_ones(heads)
+        scales = [_head_scale(head_weights if head_weights is not None else ones, batch, heads)]
+        dense_scale = _head_scale(dense_head_weights if dense_head_weights is not None else ones, batch, heads)
+        scales += [dense_scale] * len(dense_kinds)
+        out = out * torch.cat(scales).to(out.dtype)
+    out = attention.out_proj(_merge_heads(out))
     standard = out[:batch]
     if not dense_kinds:
         return standard, None
@@ -132,13 +162,6 @@ def dual_path_attention(
     if attention.out_proj.bias is not None:
         dense = dense - (len(dense_kinds) - 1) * attention.out_proj.bias
     return standard, dense
-
-
-def encoder_layer_forward(layer: CLIPEncoderLayer, hidden_states: torch.Tensor) -> torch.Tensor:
-    """A standard pre-LN CLIP block (attention through SDPA, then MLP)."""
-    attended, _ = dual_path_attention(layer, layer.layer_norm1(hidden_states))
-    hidden_states = hidden_states + attended
-    return hidden_states + layer.mlp(layer.layer_norm2(hidden_states))
 
 
 def guided_attention_output(layer: CLIPEncoderLayer, normed_patches: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
@@ -171,6 +194,68 @@ def _with_prompt_tokens(hidden_states: torch.Tensor, prompts: torch.Tensor, num_
     return torch.cat([hidden_states[:, :num_tokens], prompts.to(hidden_states.dtype)], dim=1)
 
 
+@dataclass
+class TowerHooks:
+    """Per-layer changes to the vision tower (1-indexed layers); see the module docstring."""
+
+    visual_prompts: Mapping[int, torch.Tensor] = field(default_factory=dict)
+    guided_attention: Mapping[int, torch.Tensor] = field(default_factory=dict)
+    head_weights: Mapping[int, torch.Tensor] = field(default_factory=dict)
+    dense_head_weights: Mapping[int, torch.Tensor] = field(default_factory=dict)
+    dense_adapters: Mapping[int, Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=dict)
+
+    def check(self, depth: int, dense_start_layer: int | None) -> None:
+        layers = [*self.visual_prompts, *self.guided_attention, *self.head_weights, *self.dense_head_weights, *self.dense_adapters]
+        outside = [layer for layer in layers if not 1 <= layer <= depth]
+        if outside:
+            raise ValueError(f"vision hook layers must be within 1..{depth}; got {outside}")
+        prompt_counts = {layer: prompts.shape[-2] for layer, prompts in self.visual_prompts.items()}
+        if len(set(prompt_counts.values())) > 1:
+            raise ValueError(f"every prompted layer must receive the same number of visual prompt tokens; got {prompt_counts}")
+        dense_only = [*self.dense_head_weights, *self.dense_adapters]
+        without_dense = [layer for layer in dense_only if dense_start_layer is None or layer < dense_start_layer]
+        if without_dense:
+            raise ValueError(
+                f"dense head weights and dense adapters need the dense stream, which starts at layer "
+                f"{dense_start_layer}; got layers {sorted(without_dense)}"
+            )
+
+
+def _layer_step(
+    layer: CLIPEncoderLayer,
+    index: int,
+    hidden: torch.Tensor,
+    dense: torch.Tensor | None,
+    num_tokens: int,
+    dense_kinds: Sequence[str] | None,
+    hooks: TowerHooks,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """One layer of both streams: returns `(hidden, dense, guided output or None)`.
+
+    `dense_kinds` is None before the dense path starts; the dense stream is created at its first layer.
+    """
+    if index in hooks.visual_prompts:  # appended at the first prompted layer, replaced afterwards
+        hidden = _with_prompt_tokens(hidden, hooks.visual_prompts[index], num_tokens)
+    guided = None
+    if index in hooks.guided_attention:
+        normed = layer.layer_norm1(hidden[:, 1:num_tokens])
+        guided = guided_attention_output(layer, normed, hooks.guided_attention[index])
+    attended, dense_update = dual_path_attention(
+        layer,
+        layer.layer_norm1(hidden),
+        dense_kinds or (),
+        hooks.head_weights.get(index),
+        hooks.dense_head_weights.get(index),
+    )
+    if dense_kinds is not None:
+        dense = (hidden if dense is None else dense) + dense_update
+        if index in hooks.dense_adapters:
+            dense = hooks.dense_adapters[index](dense)
+    hidden = hidden + attended
+    hidden = hidden + layer.mlp(layer.layer_norm2(hidden))
+    return hidden, dense, guided
+
+
 def _vision_tower(
     vision_model: CLIPVisionModel,
     pixel_values: torch.Tensor,
@@ -178,21 +263,12 @@ def _vision_tower(
     dense_attention: str | None,
     dense_start_layer: int | None,
     pos_embed_interpolation: str,
-    visual_prompts: Mapping[int, torch.Tensor] | None,
-    guided_attention: Mapping[int, torch.Tensor] | None,
+    hooks: TowerHooks,
 ) -> tuple[torch.Tensor, dict[int, torch.Tensor], tuple[int, int], dict[int, torch.Tensor]]:
     """The loop behind `vision_forward` and `encode_image`; also returns the guided-attention outputs."""
     dense_kinds = DENSE_ATTENTION_KINDS[dense_attention] if dense_attention else ()
     start = dense_start_layer if dense_attention else None
-    visual_prompts = dict(visual_prompts or {})
-    guided_attention = dict(guided_attention or {})
-    depth = len(vision_model.encoder.layers)
-    outside = [layer for layer in (*visual_prompts, *guided_attention) if not 1 <= layer <= depth]
-    if outside:
-        raise ValueError(f"prompt and guided-attention layers must be within 1..{depth}; got {outside}")
-    prompt_counts = {layer: prompts.shape[-2] for layer, prompts in visual_prompts.items()}
-    if len(set(prompt_counts.values())) > 1:
-        raise ValueError(f"every prompted layer must receive the same number of visual prompt tokens; got {prompt_counts}")
+    hooks.check(len(vision_model.encoder.layers), start)
     hidden, grid_size = embed_patches(vision_model.embeddings, pixel_values, pos_embed_interpolation)
     num_tokens = hidden.shape[1]  # 1 + N: everything after them is a prompt token
     hidden = vision_model.pre_layrnorm(hidden)
@@ -200,18 +276,14 @@ def _vision_tower(
     taps: dict[int, torch.Tensor] = {}
     guided: dict[int, torch.Tensor] = {}
     for index, layer in enumerate(vision_model.encoder.layers, start=1):
-        if index in visual_prompts:  # appended at the first prompted layer, replaced afterwards
-            hidden = _with_prompt_tokens(hidden, visual_prompts[index], num_tokens)
-        if index in guided_attention:
-            normed = layer.layer_norm1(hidden[:, 1:num_tokens])
-            guided[index] = guided_attention_output(layer, normed, guided_attention[index])
-        if start is not None and index >= start:
-            attended, dense_update = dual_path_attention(layer, layer.layer_norm1(hidden), dense_kinds)
-            dense = (hidden if dense is None else dense) + dense_update
-            hidden = hidden + attended
-            hidden = hidden + layer.mlp(layer.layer_norm2(hidden))
+        kinds = dense_kinds if start is not None and index >= start else None
+        arguments = (layer, index, hidden, dense, num_tokens, kinds, hooks)
+        if getattr(layer, "gradient_checkpointing", False) and torch.is_grad_enabled():
+            hidden, dense, guided_output = layer._gradient_checkpointing_func(_layer_step, *arguments)
         else:
-            hidden = encoder_layer_forward(layer, hidden)
+            hidden, dense, guided_output = _layer_step(*arguments)
+        if guided_output is not None:
+            guided[index] = guided_output
         if index in tap_layers:
             taps[index] = (dense if dense is not None else hidden)[:, :num_tokens]
     return hidden[:, :num_tokens], taps, grid_size, guided
@@ -244,8 +316,7 @@ def vision_forward(
         dense_attention,
         dense_start_layer,
         pos_embed_interpolation,
-        visual_prompts,
-        guided_attention=None,
+        TowerHooks(visual_prompts=visual_prompts or {}),
     )
     return last, taps, grid_size
 
@@ -261,6 +332,9 @@ def encode_image(
     global_post_layernorm: bool = True,
     visual_prompts: Mapping[int, torch.Tensor] | None = None,
     guided_attention: Mapping[int, torch.Tensor] | None = None,
+    head_weights: Mapping[int, torch.Tensor] | None = None,
+    dense_head_weights: Mapping[int, torch.Tensor] | None = None,
+    dense_adapters: Mapping[int, Callable[[torch.Tensor], torch.Tensor]] | None = None,
     project_patches: bool = True,
 ) -> VisionFeatures:
     """Global embedding and patch embeddings at `feature_layers` in one vision pass.
@@ -269,6 +343,9 @@ def encode_image(
         global_post_layernorm: apply `post_layernorm` to the CLS token before the projection.
         guided_attention: `{layer: A (B, N, N)}`: per layer, `W_O(A V)` of the patch tokens (see
             `guided_attention_output`) in `VisionFeatures.guided_patch_embeds`.
+        head_weights / dense_head_weights: `{layer: (H,) or (B, H)}` per-head output scales of the
+            standard / dense attention (HeadCLIP).
+        dense_adapters: `{layer: f}`, the dense stream becomes `f(z)` after that layer (DA-CLIP's DAKA).
         project_patches: pass patch tokens through `post_layernorm` and the visual projection; False
             returns the raw residual-stream tokens (AdaCLIP learns its own projections, §3.1).
     """
@@ -280,8 +357,13 @@ def encode_image(
         dense_attention,
         dense_start_layer,
         pos_embed_interpolation,
-        visual_prompts,
-        guided_attention,
+        TowerHooks(
+            visual_prompts=visual_prompts or {},
+            guided_attention=guided_attention or {},
+            head_weights=head_weights or {},
+            dense_head_weights=dense_head_weights or {},
+            dense_adapters=dense_adapters or {},
+        ),
     )
     cls_token = last[:, 0]
     if global_post_layernorm:

@@ -22,14 +22,9 @@ from ...adapters.hybrid_prompts import HybridPrompts
 from ...adapters.projections import FeatureProjections
 from ...clip.text import TokenizedPrompts, encode_text
 from ...losses import focal_loss, segmentation_loss
-from ...modeling_base import (
-    AnomalyDetectionOutput,
-    ZSADPreTrainedModel,
-    _check_targets,
-    _load_tokenizer,
-    detection_output,
-)
-from ...scoring import anomaly_maps_from_probabilities, upsample_patch_scores
+from ...clip.vision import VisionFeatures
+from ...modeling_base import ZSADPreTrainedModel, _load_tokenizer
+from ...scoring import similarity_logits, upsample_patch_scores
 from ..zsad_clip.configuration_zsad_clip import ANOMALY_STATES, NORMAL_STATES
 from .configuration_adaclip import ADACLIP_TEMPLATES, AdaCLIPConfig
 
@@ -228,71 +223,62 @@ class AdaCLIPModel(ZSADPreTrainedModel):
         normal, anomaly = sentences[:, :NUM_NORMAL_SENTENCES], sentences[:, NUM_NORMAL_SENTENCES:]
         return F.normalize(torch.stack([normal.mean(dim=1), anomaly.mean(dim=1)], dim=1), dim=-1)
 
+    # ------------------------------------------------------------------ pipeline steps
+    def image_features(self, pixel_values: torch.Tensor, categories: Sequence[str] | None = None) -> VisionFeatures:
+        """The prompt-free pass conditions the hybrid prompts (§3.2); the prompted pass's raw tokens of the
+        feature layers and its pooled global embedding go through the learned projections (§3.1).
+
+        `extras` carries the prompt-free embedding and each image's class index for the text step.
+        """
+        class_indices = self.class_indices(categories, pixel_values.shape[0])
+        image_embeds = self.prompt_free_embeds(pixel_values)
+        vision_prompts = self.vision_prompts(image_embeds)
+        features = self.encode_image(
+            pixel_values,
+            visual_prompts={layer: vision_prompts[:, layer - 1] for layer in range(1, self.config.prompt_depth + 1)},
+            project_patches=False,
+        )
+        features.patch_embeds = tuple(
+            F.normalize(projection(tokens), dim=-1) for projection, tokens in zip(self.projections.patch, features.patch_embeds)
+        )
+        features.global_embeds = F.normalize(self.projections.image(features.global_embeds), dim=-1)
+        features.extras.update(prompt_free_embeds=image_embeds, class_indices=class_indices)
+        return features
+
+    def prompt_text_features(self, features: VisionFeatures, categories: Sequence[str] | None = None) -> torch.Tensor:
+        """`(B, 2, D)`: each image's class ensemble through its own prompted text encoder (§3.2)."""
+        text_prompts = self.text_prompts(features.extras["prompt_free_embeds"])
+        return self.encode_prompt_ensemble(text_prompts, features.extras["class_indices"])
+
+    def image_logits(self, features: VisionFeatures, text: torch.Tensor, patch_logits: list[torch.Tensor]) -> torch.Tensor:
+        """Hybrid semantic fusion of the top-patch K-means centroid with the global embedding (§3.3), or
+        the projected global embedding alone when `hybrid_semantic_fusion` is off."""
+        cfg = self.config
+        image_features = features.global_embeds
+        if cfg.hybrid_semantic_fusion:
+            image_features = hybrid_semantic_fusion(
+                list(features.patch_embeds),
+                torch.stack(patch_logits).mean(dim=0).softmax(dim=-1)[..., 1],
+                image_features,
+                num_clusters=cfg.hsf_num_clusters,
+                patches_per_cluster=cfg.hsf_patches_per_cluster,
+                weight=cfg.hsf_weight,
+                iterations=cfg.hsf_kmeans_iterations,
+            )
+        return similarity_logits(image_features, text, cfg.temperature)
+
+    def map_probabilities(self, patch_logits, grid_size, size) -> list[torch.Tensor]:
+        """Softmax of the layer-mean logits after bilinear upsampling with `align_corners=True` (§3.3)."""
+        mean_logits = torch.stack(patch_logits).mean(dim=0)
+        return [upsample_patch_scores(mean_logits, grid_size, size, align_corners=True).softmax(dim=1)]
+
+    def loss_probabilities(self, patch_logits, grid_size, size, map_probabilities) -> list[torch.Tensor]:
+        """Training maps: softmax per layer, no averaging (§3.3)."""
+        return [upsample_patch_scores(logits, grid_size, size, align_corners=True).softmax(dim=1) for logits in patch_logits]
+
     def compute_loss(self, image_logits, pixel_probabilities, labels, masks) -> torch.Tensor:
         """Focal(image probabilities) + sum over layers of focal + dice_a + dice_n (METHODS.md §3.4)."""
         loss = focal_loss(image_logits.softmax(dim=-1)[:, :, None, None], labels[:, None, None])
         if masks is not None:
             loss = loss + sum(segmentation_loss(p, masks) for p in pixel_probabilities)
         return loss
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        masks: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        return_dict: bool | None = None,
-        categories: str | Sequence[str] | None = None,
-    ) -> AnomalyDetectionOutput | tuple:
-        """Score images: HSF (or global) text probability -> `pred_scores`, layer-mean logits -> `anomaly_maps`.
-
-        `categories`: each image's class name (or one for all), among `config.class_names`; may be left
-        out when the model has a single class name.
-        """
-        cfg = self.config
-        size = tuple(pixel_values.shape[-2:])
-        class_indices = self.class_indices(categories, pixel_values.shape[0])
-        with torch.no_grad():  # the prompt-free pass that conditions the dynamic prompts (§3.2)
-            image_embeds = self.encode_image(pixel_values, feature_layers=()).global_embeds
-        vision_prompts = self.vision_prompts(image_embeds)
-        features = self.encode_image(
-            pixel_values,
-            visual_prompts={layer: vision_prompts[:, layer - 1] for layer in range(1, cfg.prompt_depth + 1)},
-            project_patches=False,
-        )
-        text = self.encode_prompt_ensemble(self.text_prompts(image_embeds), class_indices).to(features.global_embeds.dtype)
-        patch_features = [
-            F.normalize(projection(tokens), dim=-1)
-            for projection, tokens in zip(self.projections.patch, features.patch_embeds)
-        ]
-        global_features = F.normalize(self.projections.image(features.global_embeds), dim=-1)
-
-        scale = 1.0 / cfg.temperature
-        patch_logits = [scale * patches @ text.transpose(1, 2) for patches in patch_features]
-        mean_logits = torch.stack(patch_logits).mean(dim=0)
-        if cfg.hybrid_semantic_fusion:
-            image_features = hybrid_semantic_fusion(
-                patch_features,
-                mean_logits.softmax(dim=-1)[..., 1],
-                global_features,
-                num_clusters=cfg.hsf_num_clusters,
-                patches_per_cluster=cfg.hsf_patches_per_cluster,
-                weight=cfg.hsf_weight,
-                iterations=cfg.hsf_kmeans_iterations,
-            )
-        else:
-            image_features = global_features
-        image_logits = scale * (image_features.unsqueeze(1) @ text.transpose(1, 2)).squeeze(1)
-        mean_probabilities = upsample_patch_scores(mean_logits, features.grid_size, size, align_corners=True).softmax(dim=1)
-        anomaly_maps = anomaly_maps_from_probabilities([mean_probabilities], cfg.gaussian_sigma)
-
-        loss = None
-        if labels is not None or masks is not None:
-            masks, labels = _check_targets(masks, labels, pixel_values)
-            layer_probabilities = []
-            if masks is not None:  # training maps: softmax per layer, no averaging (§3.3)
-                layer_probabilities = [
-                    upsample_patch_scores(logits, features.grid_size, size, align_corners=True).softmax(dim=1) for logits in patch_logits
-                ]
-            loss = self.compute_loss(image_logits, layer_probabilities, labels, masks)
-
-        return detection_output(loss, image_logits, anomaly_maps, patch_logits, return_dict)

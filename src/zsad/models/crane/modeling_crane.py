@@ -27,16 +27,9 @@ from ...adapters.prompt_learner import ObjectAgnosticPrompts
 from ...clip.processing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from ...clip.text import TokenizedPrompts
 from ...losses import dice_loss, focal_loss
-from ...modeling_base import (
-    DEFAULT_BACKBONE,
-    AnomalyDetectionOutput,
-    ZSADPreTrainedModel,
-    _check_pixel_values,
-    _check_targets,
-    _first_line,
-    detection_output,
-)
-from ...scoring import anomaly_maps_from_probabilities, upsample_patch_scores
+from ...clip.vision import VisionFeatures
+from ...modeling_base import DEFAULT_BACKBONE, ZSADPreTrainedModel, _first_line
+from ...scoring import similarity_logits, upsample_patch_scores
 from ..anomalyclip.modeling_anomalyclip import AnomalyCLIPModel
 from .configuration_crane import DEFAULT_DINO_BACKBONE, CraneConfig
 
@@ -165,69 +158,50 @@ class CraneModel(ZSADPreTrainedModel):
         similarity = patches @ patches.transpose(1, 2)
         return dino_guided_attention(similarity, self.config.dino_mean_scale, self.config.dino_sharpness)
 
-    # ------------------------------------------------------------------ forward
+    # ------------------------------------------------------------------ pipeline steps
+    def image_features(self, pixel_values: torch.Tensor, categories: Sequence[str] | None = None) -> VisionFeatures:
+        """E-Attn dense features; for Crane+ also the D-Attn output at the last layer (§5.1)."""
+        with torch.no_grad():
+            guided = {self.config.vision_depth: self.dino_attention_weights(pixel_values)} if self.dino is not None else None
+            return self.encode_image(pixel_values, guided_attention=guided)
+
+    def prompt_text_features(self, features: VisionFeatures, categories: Sequence[str] | None = None) -> torch.Tensor:
+        """Prompts conditioned on each image's global embedding when `conditions_prompts`, else the cached
+        static ones (§5.2). Crane is object-agnostic: `categories` is ignored."""
+        if self.conditions_prompts:
+            return self.compute_text_features(features.global_embeds)
+        return self.text_features()
+
+    def image_logits(self, features: VisionFeatures, text: torch.Tensor, patch_logits: list[torch.Tensor]) -> torch.Tensor:
+        """Score-based pooling (§5.3): patch features weighted by their anomaly probability, fused with the
+        global embedding: `g+ = normalise(w c + (1 - w) g)`."""
+        cfg = self.config
+        dense_features = [F.normalize(f, dim=-1) for f in (*features.patch_embeds, *features.guided_patch_embeds)]
+        weights = torch.stack(patch_logits).mean(dim=0).softmax(dim=-1)[..., 1:]
+        pooled = F.normalize((weights * torch.stack(dense_features).mean(dim=0)).sum(dim=1), dim=-1)
+        global_features = F.normalize(features.global_embeds, dim=-1)
+        fused = cfg.fusion_weight * pooled + (1.0 - cfg.fusion_weight) * global_features
+        return similarity_logits(fused, text, cfg.temperature)
+
+    def map_probabilities(self, patch_logits, grid_size, size) -> list[torch.Tensor]:
+        """`soft_mean`: each dense map's probabilities (averaged by the map step); else the softmax of the
+        maps' mean logits (§5.3). Bilinear upsampling."""
+        if not self.config.soft_mean:
+            patch_logits = [torch.stack(patch_logits).mean(dim=0)]
+        return super().map_probabilities(patch_logits, grid_size, size)
+
+    def loss_probabilities(self, patch_logits, grid_size, size, map_probabilities) -> list[torch.Tensor]:
+        """Per dense map, softmax then upsampling with `loss_upsample_mode` (nearest in the reference's training)."""
+        mode = self.config.loss_upsample_mode
+        return [upsample_patch_scores(logits.softmax(dim=-1), grid_size, size, mode) for logits in patch_logits]
+
     def compute_loss(self, image_logits, pixel_probabilities, labels, masks) -> torch.Tensor:
         """`w * sum_maps [focal(S) + dice((1 - S_n + S_a) / 2)] + 0.2 * CE(<g+, t> / 0.01)` (§5.4)."""
         cfg = self.config
-        similarity_logits = image_logits * (cfg.temperature / cfg.image_loss_temperature)
-        loss = cfg.image_loss_weight * F.cross_entropy(similarity_logits, labels)
+        sharpened = image_logits * (cfg.temperature / cfg.image_loss_temperature)
+        loss = cfg.image_loss_weight * F.cross_entropy(sharpened, labels)
         if masks is not None:
             for p in pixel_probabilities:
                 combined = (1.0 - p[:, 0] + p[:, 1]) / 2
                 loss = loss + cfg.local_loss_weight * (focal_loss(p, masks) + dice_loss(combined, masks))
         return loss
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        masks: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        return_dict: bool | None = None,
-        categories: str | Sequence[str] | None = None,
-    ) -> AnomalyDetectionOutput | tuple:
-        """Score images: score-pooled text probability -> `pred_scores`, dense maps -> `anomaly_maps`.
-
-        Crane is object-agnostic: `categories` is accepted for a uniform interface and ignored.
-        """
-        cfg = self.config
-        _check_pixel_values(pixel_values, cfg.clip_config.vision_config.patch_size)
-        size = tuple(pixel_values.shape[-2:])
-        with torch.no_grad():
-            guided = {cfg.vision_depth: self.dino_attention_weights(pixel_values)} if self.dino is not None else None
-            features = self.encode_image(pixel_values, guided_attention=guided)
-        dense_features = [F.normalize(f, dim=-1) for f in (*features.patch_embeds, *features.guided_patch_embeds)]
-        global_features = F.normalize(features.global_embeds, dim=-1)
-        if self.conditions_prompts:
-            text = self.compute_text_features(features.global_embeds)
-        else:
-            text = self.text_features().expand(pixel_values.shape[0], -1, -1)
-        text = text.to(global_features.dtype)
-
-        patch_logits = [f @ text.transpose(1, 2) / cfg.temperature for f in dense_features]
-        mean_logits = torch.stack(patch_logits).mean(dim=0)
-        # Score-based pooling (§5.3): patch features weighted by their anomaly probability.
-        weights = mean_logits.softmax(dim=-1)[..., 1:]
-        pooled = F.normalize((weights * torch.stack(dense_features).mean(dim=0)).sum(dim=1), dim=-1)
-        fused = F.normalize(cfg.fusion_weight * pooled + (1.0 - cfg.fusion_weight) * global_features, dim=-1)
-        image_logits = (fused.unsqueeze(1) @ text.transpose(1, 2)).squeeze(1) / cfg.temperature
-
-        if cfg.soft_mean:
-            map_probabilities = [logits.softmax(dim=-1) for logits in patch_logits]
-        else:
-            map_probabilities = [mean_logits.softmax(dim=-1)]
-        anomaly_maps = anomaly_maps_from_probabilities(
-            [upsample_patch_scores(p, features.grid_size, size) for p in map_probabilities], cfg.gaussian_sigma
-        )
-
-        loss = None
-        if labels is not None or masks is not None:
-            masks, labels = _check_targets(masks, labels, pixel_values)
-            loss_probabilities = []
-            if masks is not None:
-                loss_probabilities = [
-                    upsample_patch_scores(logits.softmax(dim=-1), features.grid_size, size, cfg.loss_upsample_mode)
-                    for logits in patch_logits
-                ]
-            loss = self.compute_loss(image_logits, loss_probabilities, labels, masks)
-
-        return detection_output(loss, image_logits, anomaly_maps, patch_logits, return_dict)

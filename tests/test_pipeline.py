@@ -1,0 +1,54 @@
+"""The shared pipeline's scoring options on every registered model: the joint anomaly score
+(`image_score="joint"`, METHODS.md §4.2) against the global probability and the pooled map."""
+
+import pytest
+import torch
+
+import zsad
+from zsad.testing import save_tiny_backbone
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    return str(save_tiny_backbone(tmp_path_factory.mktemp("tiny-clip-pipeline"), hidden_size=16))
+
+
+def _build(method, backbone, **config):
+    torch.manual_seed(0)
+    extra = {"class_names": ["widget"]} if zsad.MODEL_CLASSES[method].class_aware else {}
+    return zsad.MODEL_CLASSES[method].from_backbone(backbone, image_size=SIZE, **extra, **config).eval()
+
+
+@pytest.mark.parametrize("method", sorted(zsad.MODEL_CLASSES))
+def test_joint_score_mixes_global_probability_and_pooled_map(method, backbone):
+    pixels = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = _build(method, backbone)(pixels)
+        alphas = {alpha: _build(method, backbone, image_score="joint", joint_score_alpha=alpha)(pixels) for alpha in (0.0, 0.5, 1.0)}
+        topk = _build(method, backbone, image_score="joint", joint_score_alpha=0.0, joint_score_pooling="topk_mean", joint_score_topk_fraction=0.1)(pixels)
+    global_scores = reference.image_logits.softmax(dim=-1)[:, 1]
+    pooled = reference.anomaly_maps.flatten(1).amax(dim=1)
+    assert torch.allclose(reference.pred_scores, global_scores)
+    assert torch.allclose(alphas[1.0].pred_scores, global_scores, atol=1e-6)
+    assert torch.allclose(alphas[0.0].pred_scores, pooled, atol=1e-6)
+    assert torch.allclose(alphas[0.5].pred_scores, (global_scores + pooled) / 2, atol=1e-6)
+    top = reference.anomaly_maps.flatten(1).sort(dim=1, descending=True).values[:, : round(0.1 * SIZE * SIZE)]
+    assert torch.allclose(topk.pred_scores, top.mean(dim=1), atol=1e-6)
+    for output in (*alphas.values(), topk):  # the score option changes nothing else
+        assert torch.equal(output.anomaly_maps, reference.anomaly_maps)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"image_score": "mean"}, "image_score"),
+        ({"joint_score_alpha": 1.5}, "joint_score_alpha"),
+        ({"joint_score_pooling": "median"}, "joint_score_pooling"),
+        ({"joint_score_topk_fraction": 0.0}, "joint_score_topk_fraction"),
+    ],
+)
+def test_invalid_score_options_are_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        zsad.AnomalyCLIPConfig(**kwargs)
