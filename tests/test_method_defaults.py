@@ -32,6 +32,7 @@ ANOMALYCLIP = [
     ("anomaly_prompt", "damaged object.", "§2.3 'damaged object .'"),
     ("temperature", 0.07, "§2.4 cos / 0.07"),
     ("gaussian_sigma", 4.0, "§2.4 sigma 4"),
+    ("image_score", "global", "§2.4 no pixel information in the image score"),
     ("local_loss_weight", 4.0, "§2.5 lambda = 4"),
 ]
 ANOMALYCLIP_TRAINING = {  # §2.5: Adam, lr 1e-3, betas (0.5, 0.999), batch 8, 15 epochs, seed 111
@@ -51,6 +52,7 @@ ADACLIP = [
     ("temperature", 0.01, "§3.3 logit scale 100"),
     ("gaussian_sigma", 4.0, "§3.3 Gaussian sigma 4"),
     ("hybrid_semantic_fusion", True, "§3.3 HSF image score"),
+    ("image_score", "global", "§3.3 score = softmax(100 <img, t>)[a], no map term"),
     ("hsf_num_clusters", 20, "§3.3 K = 20"),
     ("hsf_patches_per_cluster", 5, "§3.3 top-100 = k_clusters * 5"),
     ("hsf_weight", 0.2, "§3.3 normalise(0.2 c + 0.8 g')"),
@@ -76,6 +78,7 @@ CRANE = [
     ("gaussian_sigma", 4.0, "§5.3 Gaussian sigma 4"),
     ("soft_mean", True, "§5.3 / §5.4 soft_mean True for Crane"),
     ("fusion_weight", 0.5, "§5.3 g+ = normalise(0.5 c + 0.5 g)"),
+    ("image_score", "global", "§5.3 score = softmax(<g+, t> / 0.07)[a]"),
     ("loss_upsample_mode", "nearest", "§5.3 nearest during training"),
     ("image_loss_weight", 0.2, "§5.4 0.2 * CE"),
     ("image_loss_temperature", 0.01, "§5.4 CE(<g+, t> / 0.01)"),
@@ -104,6 +107,7 @@ ZERO_SHOT_CLIP = [
     ("temperature", 0.07, "§2.4 cos / 0.07"),
     ("gaussian_sigma", 4.0, "§2.4 sigma 4"),
     ("object_name", "object", "§2.3 {} = 'object'"),
+    ("image_score", "global", "§2.4 global text probability"),
 ]
 
 TABLES = {
