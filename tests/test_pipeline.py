@@ -25,7 +25,7 @@ def _build(method, backbone, **config):
 def test_joint_score_mixes_global_probability_and_pooled_map(method, backbone):
     pixels = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        reference = _build(method, backbone)(pixels)
+        reference = _build(method, backbone, image_score="global")(pixels)  # HeadCLIP defaults to "joint"
         alphas = {alpha: _build(method, backbone, image_score="joint", joint_score_alpha=alpha)(pixels) for alpha in (0.0, 0.5, 1.0)}
         topk = _build(method, backbone, image_score="joint", joint_score_alpha=0.0, joint_score_pooling="topk_mean", joint_score_topk_fraction=0.1)(pixels)
     global_scores = reference.image_logits.softmax(dim=-1)[:, 1]
@@ -52,3 +52,20 @@ def test_joint_score_mixes_global_probability_and_pooled_map(method, backbone):
 def test_invalid_score_options_are_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         zsad.AnomalyCLIPConfig(**kwargs)
+
+
+@pytest.mark.parametrize("method", sorted(zsad.MODEL_CLASSES))
+def test_bfloat16_weights_and_autocast_give_float32_maps_close_to_float32(method, backbone):
+    pixels = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    model = _build(method, backbone)
+    with torch.no_grad():
+        reference = model(pixels)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = model(pixels)
+        half = model.to(torch.bfloat16)(pixels.bfloat16())
+    for output in (autocast, half):
+        # similarities, softmax, maps and blur run in float32 whatever the weights' dtype
+        assert output.anomaly_maps.dtype == torch.float32 and output.pred_scores.dtype == torch.float32
+        assert torch.isfinite(output.anomaly_maps).all() and torch.isfinite(output.pred_scores).all()
+        assert (output.anomaly_maps - reference.anomaly_maps).abs().max() < 5e-2
+        assert (output.pred_scores - reference.pred_scores).abs().max() < 1e-1  # AdaCLIP: bf16 error x 100

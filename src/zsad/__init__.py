@@ -11,6 +11,7 @@ from .modeling_base import AnomalyDetectionOutput, ZSADConfig, ZSADPreTrainedMod
 from .models.adaclip import AdaCLIPConfig, AdaCLIPModel
 from .models.anomalyclip import AnomalyCLIPConfig, AnomalyCLIPModel
 from .models.crane import CraneConfig, CraneModel
+from .models.headclip import HeadCLIPConfig, HeadCLIPModel
 from .models.zsad_clip import ZeroShotCLIPConfig, ZeroShotCLIPModel
 
 __version__ = "0.1.0.dev0"
@@ -19,6 +20,7 @@ MODEL_CLASSES: dict[str, type[ZSADPreTrainedModel]] = {
     "adaclip": AdaCLIPModel,
     "anomalyclip": AnomalyCLIPModel,
     "crane": CraneModel,
+    "headclip": HeadCLIPModel,
     "zsad_clip": ZeroShotCLIPModel,
 }
 
@@ -34,6 +36,8 @@ __all__ = [
     "AnomalyDetectionOutput",
     "CraneConfig",
     "CraneModel",
+    "HeadCLIPConfig",
+    "HeadCLIPModel",
     "MODEL_CLASSES",
     "ZSADConfig",
     "ZSADImageProcessor",

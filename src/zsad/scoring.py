@@ -13,14 +13,19 @@ JOINT_SCORE_POOLINGS = ("max", "topk_mean")
 
 def similarity_logits(embeds: torch.Tensor, text: torch.Tensor, temperature: float) -> torch.Tensor:
     """`cos(embeds, text) / temperature`: `(B, D)` or `(B, N, D)` embeddings against `(C, D)` text shared
-    by the batch or `(B, C, D)` per-image text -> `(B, C)` or `(B, N, C)` logits."""
-    embeds = F.normalize(embeds, dim=-1)
-    text = text.to(embeds.dtype)
-    if text.dim() == 2:
-        return embeds @ text.t() / temperature
-    if embeds.dim() == 2:
-        return (embeds.unsqueeze(1) @ text.transpose(1, 2)).squeeze(1) / temperature
-    return embeds @ text.transpose(1, 2) / temperature
+    by the batch or `(B, C, D)` per-image text -> `(B, C)` or `(B, N, C)` logits.
+
+    Computed in float32 whatever the model's dtype, so that softmax, maps, blur and losses downstream
+    are float32 under bf16/fp16 too (a bf16 cosine / 0.07 would move probabilities by about 1e-2).
+    """
+    with torch.autocast(embeds.device.type, enabled=False):
+        embeds = F.normalize(embeds.float(), dim=-1)
+        text = text.float()
+        if text.dim() == 2:
+            return embeds @ text.t() / temperature
+        if embeds.dim() == 2:
+            return (embeds.unsqueeze(1) @ text.transpose(1, 2)).squeeze(1) / temperature
+        return embeds @ text.transpose(1, 2) / temperature
 
 
 def pool_anomaly_maps(maps: torch.Tensor, pooling: str = "max", topk_fraction: float = 0.01) -> torch.Tensor:
@@ -96,12 +101,17 @@ def gaussian_blur(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> to
     """Separable Gaussian filter of `(B, H, W)` maps on their device.
 
     Equals `scipy.ndimage.gaussian_filter(m, sigma, mode="reflect", truncate=4.0)` per map (the filter
-    used by the reference code), computed in float32 (or the maps' dtype if wider).
+    used by the reference code), computed in float32 (or the maps' dtype if wider), also under autocast.
     """
     if sigma <= 0:
         return maps
     if maps.dim() != 3:
         raise ValueError(f"maps must have shape (B, H, W); got {tuple(maps.shape)}")
+    with torch.autocast(maps.device.type, enabled=False):
+        return _separable_blur(maps, sigma, truncate)
+
+
+def _separable_blur(maps: torch.Tensor, sigma: float, truncate: float) -> torch.Tensor:
     dtype = torch.promote_types(maps.dtype, torch.float32)
     kernel = gaussian_kernel(sigma, truncate, maps.device, dtype)
     radius = (kernel.numel() - 1) // 2
