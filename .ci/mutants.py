@@ -113,7 +113,7 @@ MUTANTS = [
     Mutant("extra: text final LayerNorm skipped", TEXT,
            "    hidden = text_model.final_layer_norm(hidden)", "    hidden = hidden"),
     Mutant("extra: Crane image token without end-of-text shift", "src/zsad/adapters/prompt_learner.py",
-           "pooling_positions = (pooling_positions + 1).repeat(batch)", "pooling_positions = pooling_positions.repeat(batch)"),
+           "            pooling_positions = pooling_positions + 1\n", "            pooling_positions = pooling_positions\n"),
     # scoring
     Mutant("extra: maps upsampled with align_corners=True", SCORING,
            "    align_corners: bool = False,", "    align_corners: bool = True,"),
@@ -131,7 +131,7 @@ MUTANTS = [
     Mutant("extra: AUROC by the rectangle rule", "src/zsad/metrics/classification.py",
            "np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2.0", "np.sum(np.diff(fpr) * tpr[1:])"),
     Mutant("extra: F1 without the factor 2", "src/zsad/metrics/classification.py",
-           "f1 = 2 * precision * recall", "f1 = precision * recall"),
+           "return 2 * precision * recall / (precision + recall)", "return precision * recall / (precision + recall)"),
     Mutant("extra: AUPRO not normalised by the FPR limit", "src/zsad/metrics/aupro.py",
            "return _trapezoid_to(x, y, fpr_limit) / fpr_limit", "return _trapezoid_to(x, y, fpr_limit)"),
     # each model
