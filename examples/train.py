@@ -3,6 +3,8 @@
 
     accelerate launch examples/train.py --method anomalyclip --dataset data/visa --output_dir out/anomalyclip-visa
 
+Repeat --dataset to train on several datasets at once (AdaCLIP: --dataset data/mvtec_ad --dataset data/colondb).
+
 The dataset is anything `zsad.data.load_anomaly_dataset` reads (a folder written by `zsad convert`, parquet,
 imagefolder, `save_to_disk`, a Hub id). ZSAD trains on the *test* split of an auxiliary dataset, so
 `--split test` is the default. Hyperparameters default to the method's reference values.
@@ -39,7 +41,7 @@ from zsad.cli_utils import (
     run_command,
 )
 from zsad.clip.processing import ZSADImageProcessor
-from zsad.data import collate_fn, load_anomaly_dataset, with_anomaly_transform
+from zsad.data import collate_fn, load_anomaly_datasets, with_anomaly_transform
 from zsad.hub.model_card import write_model_card
 from zsad.training import (
     EpochShuffleSampler,
@@ -48,6 +50,7 @@ from zsad.training import (
     model_inputs,
     parse_config_overrides,
     register_adapter_checkpointing,
+    scaled_learning_rate,
     trainable_methods,
     warn_if_image_level_only,
 )
@@ -60,7 +63,8 @@ def parse_args(argv=None):
                             hyphen_aliases=True)
     parser.add_argument("--method", required=True, help=f"one of: {', '.join(trainable_methods())}")
     parser.add_argument("--backbone", default="openai/clip-vit-large-patch14-336", help="CLIP id or folder")
-    parser.add_argument("--dataset", required=True, help="training data: converted folder, parquet, imagefolder, Hub id")
+    parser.add_argument("--dataset", required=True, action="append",
+                        help="training data: converted folder, parquet, imagefolder, Hub id; repeat to concatenate several")
     parser.add_argument("--split", default="test", help="split to train on (ZSAD protocol: the test split)")
     parser.add_argument("--categories", nargs="+", help="train on these categories only")
     parser.add_argument("--image_size", type=image_size, help="input size (default: the model's, 518 on ViT-L/14)")
@@ -68,6 +72,7 @@ def parse_args(argv=None):
                         help="method options (JSON values), e.g. dino_attention=true for Crane+")
     parser.add_argument("--train_batch_size", type=positive_int, help="per device (default: the method's)")
     parser.add_argument("--learning_rate", type=positive_float, help="default: the method's")
+    parser.add_argument("--scale_lr", action="store_true", help="multiply the learning rate by the number of processes")
     parser.add_argument("--num_train_epochs", type=positive_int, help="default: the method's")
     parser.add_argument("--max_train_steps", type=positive_int, help="overrides --num_train_epochs")
     parser.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
@@ -170,7 +175,8 @@ def train(args, argv=None):
 
     # Data: one schema, preprocessed lazily; the order is a function of (seed, epoch) only.
     with accelerator.main_process_first():
-        dataset = load_anomaly_dataset(args.dataset, split=args.split, categories=args.categories)
+        dataset = load_anomaly_datasets(args.dataset, split=args.split, categories=args.categories)
+    logger.info(f"training on {len(dataset)} images from {' + '.join(args.dataset)}")
     warn_if_image_level_only(dataset)
 
     # Model: frozen CLIP + fresh adapters. Only the adapters reach the optimizer.
@@ -180,12 +186,14 @@ def train(args, argv=None):
     model = args.model_class.from_backbone(args.backbone, **config_kwargs)
     if args.gradient_checkpointing:  # the new name from transformers 5.24 on, the old one before
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
-    optimizer = build_optimizer(model, learning_rate=args.learning_rate)
+    optimizer = build_optimizer(model, learning_rate=scaled_learning_rate(model, args.learning_rate, args.scale_lr,
+                                                                          accelerator.num_processes))
     logger.info(f"{args.method}: {model.num_trainable_parameters():,} trainable parameters on {args.backbone}")
     dataset = with_anomaly_transform(dataset, ZSADImageProcessor(image_size=model.config.image_size))
     sampler = EpochShuffleSampler(len(dataset), seed=args.seed)
     dataloader = DataLoader(dataset, batch_size=args.train_batch_size, sampler=sampler, collate_fn=collate_fn,
-                            num_workers=args.dataloader_num_workers, drop_last=False)
+                            num_workers=args.dataloader_num_workers, pin_memory=accelerator.device.type == "cuda",
+                            drop_last=False)
 
     model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
     register_adapter_checkpointing(accelerator)
@@ -195,7 +203,7 @@ def train(args, argv=None):
     if accelerator.is_main_process:
         accelerator.init_trackers("zsad", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
 
-    global_step, first_epoch, skip_batches = 0, 0, 0
+    global_step, first_epoch, skip_batches, images_seen = 0, 0, 0, 0
     if args.overwrite and not args.resume_from_checkpoint and accelerator.is_main_process:
         shutil.rmtree(checkpoints_dir, ignore_errors=True)
         truncate_log(log_path, 0)
@@ -223,6 +231,7 @@ def train(args, argv=None):
             batches.set_epoch(epoch)
             skip_batches = 0
             for batch in batches:
+                images_seen += len(batch["labels"])  # by this process since launch
                 with accelerator.accumulate(model):
                     loss = model(**model_inputs(batch, with_targets=True)).loss
                     accelerator.backward(loss)
@@ -236,7 +245,8 @@ def train(args, argv=None):
                 accelerator.log({"train/loss": loss.item(), "train/epoch": epoch}, step=global_step)
                 if accelerator.is_main_process:  # a plain record beside any tracker
                     with open(log_path, "a") as handle:
-                        handle.write(json.dumps({"step": global_step, "epoch": epoch, "loss": loss.item()}) + "\n")
+                        handle.write(json.dumps({"step": global_step, "epoch": epoch, "loss": loss.item(),
+                                                "images_seen": images_seen}) + "\n")
                 if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps:
                     save_checkpoint(accelerator, global_step, epoch)
                     saved_step = global_step
@@ -259,14 +269,14 @@ def train(args, argv=None):
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(model)
         final.save_pretrained(args.output_dir)  # adapter-only: config + adapters + shim
-        training_data = f"{args.dataset} (split {args.split}{', categories ' + ' '.join(args.categories) if args.categories else ''})"
+        training_data = f"{' + '.join(args.dataset)} (split {args.split}{', categories ' + ' '.join(args.categories) if args.categories else ''})"
         write_model_card(final, args.output_dir, overwrite=True, repo_id=args.hub_model_id, training_data=training_data)
         accelerator.print(f"saved the trained adapters to {args.output_dir}")
         if args.push_to_hub:
             from zsad.hub.push import push_folder
 
             url = push_folder(args.output_dir, args.hub_model_id, token=args.hub_token,
-                              commit_message=f"zsad {args.method} trained on {args.dataset}")
+                              commit_message=f"zsad {args.method} trained on {' + '.join(args.dataset)}")
             accelerator.print(f"pushed to {url}")
     accelerator.end_training()
 

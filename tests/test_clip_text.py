@@ -2,17 +2,16 @@
 
 import pytest
 import torch
-from transformers import CLIPModel
 from transformers.masking_utils import create_causal_mask
 
 from zsad.clip.text import TokenizedPrompts, encode_text, eos_positions
-from zsad.testing import tiny_clip_config, tiny_tokenizer
+from zsad.testing import tiny_clip_model, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
 def clip():
-    torch.manual_seed(0)
-    return CLIPModel(tiny_clip_config()).eval()
+    """Random biases and LayerNorms: a swapped LayerNorm or a dropped bias changes the result."""
+    return tiny_clip_model(seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from zsad.clip.text import eos_positions
 from zsad.losses import dice_loss, focal_loss
 from zsad.models.crane.modeling_crane import dino_guided_attention
 from zsad.scoring import gaussian_blur
-from zsad.testing import optimizer_steps, save_tiny_backbone, tiny_clip_config
+from zsad.testing import optimizer_steps, randomize_biases_and_norms, save_tiny_backbone, tiny_clip_config
 
 SIZE = 56  # 14 x 14 patches
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -37,7 +37,7 @@ def dino_backbone(tmp_path_factory):
         image_size=28, num_register_tokens=2,
     )
     path = tmp_path_factory.mktemp("tiny-dinov2-reg")
-    Dinov2WithRegistersModel(config).save_pretrained(path)
+    randomize_biases_and_norms(Dinov2WithRegistersModel(config), seed=1).save_pretrained(path)
     return str(path)
 
 
@@ -344,8 +344,8 @@ def test_adam_steps_decrease_the_loss(dino, backbone, dino_backbone):
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3, betas=(0.6, 0.999))
     losses = optimizer_steps(model, optimizer, 6, pixel_values=pixels, masks=masks)
     assert all(p.grad is None for p in model.clip.parameters())
-    assert all(later < earlier for earlier, later in zip(losses, losses[1:])), losses
-    assert losses[-1] < 0.9 * losses[0], losses
+    # Adam (betas 0.6) need not descend at every step; it must descend overall.
+    assert max(losses[1:]) < losses[0] and losses[-1] < 0.9 * losses[0], losses
 
 
 def test_crane_plus_adapter_only_round_trip(crane_plus, tmp_path):
@@ -381,7 +381,7 @@ def test_crane_round_trip_and_missing_dino_backbone(crane, crane_plus, tmp_path)
 def test_plain_dinov2_without_registers(backbone, tmp_path):
     torch.manual_seed(2)
     dino_config = Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, patch_size=4, image_size=28)
-    Dinov2Model(dino_config).save_pretrained(tmp_path)
+    randomize_biases_and_norms(Dinov2Model(dino_config), seed=2).save_pretrained(tmp_path)
     model = CraneModel.from_backbone(backbone, image_size=28, dino_attention=True, dino_backbone_name_or_path=str(tmp_path))
     model.eval()
     pixels = torch.randn(2, 3, 28, 28)

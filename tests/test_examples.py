@@ -41,6 +41,7 @@ def synthetic_data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("data")
     make_synthetic_dataset(6, 6, size=32, textures=["grid"], seed=0).save_to_disk(str(folder / "grid"))
     image_only = make_synthetic_dataset(4, 4, size=32, textures=["dots"], seed=1).remove_columns(["mask"])
+    make_synthetic_dataset(4, 4, size=32, textures=["dots"], seed=2).save_to_disk(str(folder / "dots"))
     image_only.save_to_disk(str(folder / "image_only"))
     return folder
 
@@ -132,6 +133,22 @@ def test_method_options_reach_the_config(launch, tiny_backbone, synthetic_data, 
     assert config["dense_attention"] == "qq+kk+vv" and config["local_loss_weight"] == 2
     bad = launch("train.py", *args, "--model_config", "oops", check=False)
     assert bad.returncode != 0 and "KEY=VALUE" in bad.stderr
+
+
+def test_two_datasets_are_concatenated(launch, tiny_backbone, synthetic_data, tmp_path):
+    """AdaCLIP's protocol (METHODS.md §1: MVTec AD + ColonDB): one epoch over two --dataset values sees
+    every row of both (12 + 8 images, batch 4: 5 steps) and the prompts know both datasets' categories."""
+    args = ["--method", "adaclip", "--backbone", tiny_backbone, "--dataset", synthetic_data / "grid",
+            "--dataset", synthetic_data / "dots", "--image_size", 32, "--train_batch_size", 4,
+            "--num_train_epochs", 1, "--output_dir", tmp_path / "model"]
+    result = launch("train.py", *args)
+    log = [json.loads(line) for line in (tmp_path / "model" / "train_log.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in log] == [1, 2, 3, 4, 5]
+    assert log[-1]["images_seen"] == 12 + 8
+    assert "training on 20 images from" in result.stderr
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["class_names"] == ["texture_dots", "texture_grid"]
+    assert f"{synthetic_data / 'grid'} + {synthetic_data / 'dots'}" in (tmp_path / "model" / "README.md").read_text()
 
 
 def test_headclip_trains_its_head_weights_through_the_scripts(launch, tiny_backbone, synthetic_data, tmp_path):

@@ -48,3 +48,29 @@ def test_gitignore_covers_the_folders_the_readme_creates():
     for folder in created:
         result = subprocess.run(["git", "check-ignore", "-q", f"{folder}/x"], cwd=ROOT)
         assert result.returncode == 0, f"{folder}/ is not in .gitignore"
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(f"zsad_{name}_script", ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_protocol_argument_files_parse():
+    """Every file of examples/protocols/ is accepted by its script; AdaCLIP trains on two datasets (§1)."""
+    train, evaluate = _script("train"), _script("evaluate")
+    protocols = sorted((ROOT / "examples" / "protocols").glob("*.args"))
+    methods = set()
+    for path in protocols:
+        if "_train_" in path.name:
+            args = train.parse_args([f"@{path}"])
+            methods.add(args.method + ("+" if args.model_config.get("dino_attention") else ""))
+            expected = {"mvtec_colondb": ["data/mvtec_ad", "data/colondb"], "visa_clinicdb": ["data/visa", "data/clinicdb"]}
+            if args.method == "adaclip":
+                assert args.dataset == next(v for k, v in expected.items() if k in path.name), path.name
+            else:
+                assert len(args.dataset) == 1, path.name
+        else:
+            assert evaluate.parse_args([f"@{path}"]).datasets, path.name
+    assert methods == {"anomalyclip", "adaclip", "crane", "crane+"}

@@ -2,6 +2,12 @@
 
 `save_tiny_backbone(path)` writes a randomly initialised `CLIPModel` and a character-level
 `CLIPTokenizer` whose vocabulary fits the tiny text config, so `from_backbone(path)` works offline.
+
+transformers initialises every bias to 0 and every LayerNorm to the identity (weight 1, bias 0); a test
+on such weights cannot tell a missing bias or a swapped LayerNorm from the right one. The tiny test
+backbones (`tiny_clip_model`, `save_tiny_backbone`) therefore go through `randomize_biases_and_norms`
+(seeded) after construction. `save_random_backbone` keeps transformers' initialisation, so the real-data
+smoke run of docs/training.md stays reproducible.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import string
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import AutoTokenizer, CLIPConfig, CLIPModel, CLIPTokenizer
 
 _CHARACTERS = string.ascii_lowercase + string.digits + ".,-'"
@@ -70,6 +77,32 @@ def tiny_clip_config(
     )
 
 
+@torch.no_grad()
+def randomize_biases_and_norms(model: nn.Module, seed: int = 0, bias_std: float = 0.1) -> nn.Module:
+    """Fill every bias with N(0, `bias_std`) and every LayerNorm weight with U(0.5, 1.5), in place (seeded).
+
+    Applies to any module tree (CLIP, DINOv2): parameters named `bias` and the `weight` of `nn.LayerNorm`
+    modules. Returns `model`.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            if name == "bias":
+                values = torch.randn(parameter.shape, generator=generator) * bias_std
+            elif name == "weight" and isinstance(module, nn.LayerNorm):
+                values = torch.rand(parameter.shape, generator=generator) + 0.5
+            else:
+                continue
+            parameter.copy_(values.to(parameter.dtype))
+    return model
+
+
+def tiny_clip_model(seed: int = 0, **config_kwargs) -> CLIPModel:
+    """A tiny random `CLIPModel` (`tiny_clip_config(**config_kwargs)`) with random biases and LayerNorms, in eval mode."""
+    torch.manual_seed(seed)
+    return randomize_biases_and_norms(CLIPModel(tiny_clip_config(**config_kwargs)), seed).eval()
+
+
 def optimizer_steps(model, optimizer: torch.optim.Optimizer, steps: int, **inputs) -> list[float]:
     """Run `steps` optimiser steps of `model(**inputs).loss` on one fixed batch; return the losses."""
     losses = []
@@ -83,10 +116,10 @@ def optimizer_steps(model, optimizer: torch.optim.Optimizer, steps: int, **input
 
 
 def save_tiny_backbone(path: str | os.PathLike, seed: int = 0, **config_kwargs) -> Path:
-    """Save a random tiny CLIP + tokenizer to `path` (usable as `backbone_name_or_path`)."""
-    torch.manual_seed(seed)
+    """Save a random tiny CLIP (random biases and LayerNorms too) + tokenizer to `path` (usable as
+    `backbone_name_or_path`)."""
     path = Path(path)
-    CLIPModel(tiny_clip_config(**config_kwargs)).save_pretrained(path)
+    tiny_clip_model(seed, **config_kwargs).save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
     return path
 

@@ -82,6 +82,18 @@ def build_optimizer(
     return optimizer_class(param_groups, **kwargs)
 
 
+def scaled_learning_rate(
+    model: ZSADPreTrainedModel, learning_rate: float | None, scale: bool, num_processes: int
+) -> float | None:
+    """The learning rate to train with: `learning_rate` (None: the method's), times `num_processes` when
+    `scale` (the linear scaling rule for an effective batch `num_processes` times the per-device one).
+    Returns None when neither an explicit rate nor scaling asks for a change (the method's default applies)."""
+    if not scale:
+        return learning_rate
+    base = learning_rate if learning_rate is not None else (type(model.config).training_defaults or {}).get("learning_rate", 1e-3)
+    return base * num_processes
+
+
 class EpochShuffleSampler(Sampler[int]):
     """A random permutation per epoch, fully determined by `(seed, epoch)`.
 

@@ -5,6 +5,7 @@ See docs/data.md. Main entry points:
 - `FEATURES` / `anomaly_features()`: the schema (image, mask, label, category, defect_type, dataset, image_id);
 - `convert_mvtec`, `convert_visa`, `convert_folder` (and `zsad convert ...`): build it from disk;
 - `load_anomaly_dataset(path_or_id, split=None, categories=None, streaming=False)`;
+- `load_anomaly_datasets([a, b], split=...)`: several sources concatenated (AdaCLIP's two-dataset training);
 - `build_transform(processor)` for `ds.with_transform(...)`, `collate_fn`, `AnomalyCollator`;
 - `zsad.data.synthetic`: procedural textures and defects with exact masks.
 """
@@ -12,7 +13,7 @@ See docs/data.md. Main entry points:
 from .converters import LAYOUTS, convert, convert_folder, convert_mvtec, convert_visa
 from .errors import ConversionError, DataError, DataWarning, SchemaError
 from .layouts import Sample, scan_folder, scan_mvtec, scan_visa
-from .loading import load_anomaly_dataset, summarize
+from .loading import load_anomaly_dataset, load_anomaly_datasets, summarize
 from .schema import (
     COLUMN_DESCRIPTIONS,
     FEATURES,
@@ -55,6 +56,7 @@ __all__ = [
     "ensure_schema",
     "label_to_id",
     "load_anomaly_dataset",
+    "load_anomaly_datasets",
     "make_synthetic_dataset",
     "make_texture",
     "scan_folder",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -173,3 +173,57 @@ def load_anomaly_dataset(
         ds = _filter_categories(ds, list(categories), source)
     _warn_image_level_only(ds, source)
     return ds
+
+
+def _align_columns(parts: list[datasets.Dataset]) -> list[datasets.Dataset]:
+    """Give every part the union of the columns (missing ones filled with None, e.g. `mask` of image-level
+    data) with the first part's feature types, so they concatenate."""
+    features: dict[str, Any] = {}
+    for part in parts:
+        for name, feature in part.features.items():
+            features.setdefault(name, feature)
+    aligned = []
+    for part in parts:
+        for name, feature in features.items():
+            if name not in part.column_names:
+                part = part.add_column(name, [None] * part.num_rows, feature=feature)
+        part = part.select_columns(list(features))
+        if part.features != datasets.Features(features):
+            part = part.cast(datasets.Features(features))
+        aligned.append(part)
+    return aligned
+
+
+def load_anomaly_datasets(
+    sources: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
+    split: Optional[str] = None,
+    categories: Optional[Iterable[str]] = None,
+    **kwargs: Any,
+) -> datasets.Dataset:
+    """Several anomaly datasets as one training set, rows concatenated in the order given.
+
+    AdaCLIP trains on two auxiliary datasets at once (MVTec AD + ColonDB, or VisA + ClinicDB; METHODS.md
+    §1). Each source is read by `load_anomaly_dataset` with the same `split` (required with several
+    sources); columns missing from a source (e.g. `mask` of image-level data) are filled with None, and
+    the `dataset` column keeps each row's origin. `categories` selects from the union of the sources:
+    every name must exist in at least one. One source gives `load_anomaly_dataset`'s result unchanged.
+    """
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    sources = [os.fspath(source) for source in sources]
+    if not sources:
+        raise DataError("no dataset given", None)
+    if len(sources) == 1:
+        return load_anomaly_dataset(sources[0], split=split, categories=categories, **kwargs)
+    parts = []
+    for source in sources:
+        part = load_anomaly_dataset(source, split=split, **kwargs)
+        if not isinstance(part, datasets.Dataset):
+            raise DataError(
+                f"cannot concatenate {source}: it has several splits {list(part)}; choose one with split=", source
+            )
+        parts.append(part)
+    combined = datasets.concatenate_datasets(_align_columns(parts))
+    if categories is not None:
+        combined = _filter_categories(combined, list(categories), " + ".join(sources))
+    return combined

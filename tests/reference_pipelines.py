@@ -1,0 +1,553 @@
+"""Independent end-to-end references of every zsad method, from METHODS.md and transformers' modules alone.
+
+Nothing here imports zsad: a zsad model is read only as a container of *data* (its `clip` / `dino`
+transformers modules, its config values, its state-dict tensors and stored token ids). Everything else
+is written out again from METHODS.md: the vision loop with per-head attention and the dense dual path
+(§2.1, §5.1), position-embedding interpolation (§1), visual prompts (§3.2), the causal text loop with
+context vectors and deep tokens (§2.3, §3.2, §5.2), upsampling (own interpolation matrices), the Gaussian
+filter (scipy), softmax maps and scores (§2.4, §3.3, §5.3), K-means and HSF (§3.3, §11.7), D-Attn
+(§5.1) and the losses (§2.5, §3.4, §5.4). All arithmetic runs in float64 on copies of the modules.
+
+Adding a method: write `def my_method(model, pixels, *, categories=None, masks=None, labels=None,
+training=False) -> Expected` from the building blocks below and register it in `REFERENCES` under the
+config's `model_type`; tests/test_reference_pipelines.py then requires and runs it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter
+
+Tensor = torch.Tensor
+DTYPE = torch.float64
+
+# METHODS.md §1 (OpenAI CLIP normalisation) and the ImageNet statistics DINOv2 expects (§5.1).
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Expected:
+    """What a reference computes for a batch: `(B, H, W)` maps, `(B,)` scores, `(B, 2)` image logits, loss."""
+
+    anomaly_maps: Tensor
+    pred_scores: Tensor
+    image_logits: Tensor
+    loss: Tensor | None = None
+
+
+# ---------------------------------------------------------------------------------------------- basics
+def float64_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A float64, eval-mode deep copy (the model under test keeps its own float32 weights)."""
+    return copy.deepcopy(module).to(DTYPE).eval()
+
+
+def normalize(x: Tensor) -> Tensor:
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+def softmax(x: Tensor, dim: int = -1) -> Tensor:
+    e = torch.exp(x - x.amax(dim=dim, keepdim=True))
+    return e / e.sum(dim=dim, keepdim=True)
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    out = x @ weight.to(DTYPE).t()
+    return out if bias is None else out + bias.to(DTYPE)
+
+
+def dense_kinds(setting: str | None) -> list[str]:
+    """`"qq+kk+vv"` -> `["q", "k", "v"]` (each self-correlation `XX^T`), `None` -> `[]`."""
+    if not setting:
+        return []
+    return [part[0] for part in setting.split("+")]
+
+
+# ------------------------------------------------------------------------------------- interpolation
+def _keys_cubic(distance: float, a: float = -0.75) -> float:
+    """Keys' cubic convolution kernel (the one of PyTorch's bicubic mode)."""
+    d = abs(distance)
+    if d <= 1:
+        return ((a + 2) * d - (a + 3)) * d * d + 1
+    if d < 2:
+        return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+    return 0.0
+
+
+def resize_matrix(n_in: int, n_out: int, mode: str, align_corners: bool = False) -> Tensor:
+    """`(n_out, n_in)` matrix of 1-D resampling (`nearest`, `bilinear` or `bicubic`; border clamped)."""
+    matrix = torch.zeros(n_out, n_in, dtype=DTYPE)
+    for i in range(n_out):
+        if mode == "nearest":
+            matrix[i, min(math.floor(i * n_in / n_out), n_in - 1)] = 1.0
+            continue
+        if align_corners:
+            x = i * (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+        else:
+            x = (i + 0.5) * n_in / n_out - 0.5
+        if mode == "bilinear":
+            x = max(x, 0.0)
+            x0 = min(math.floor(x), n_in - 1)
+            x1 = min(x0 + 1, n_in - 1)
+            t = x - x0
+            matrix[i, x0] += 1 - t
+            matrix[i, x1] += t
+        elif mode == "bicubic":
+            x0 = math.floor(x)
+            t = x - x0
+            for offset in (-1, 0, 1, 2):
+                matrix[i, min(max(x0 + offset, 0), n_in - 1)] += _keys_cubic(offset - t)
+        else:
+            raise ValueError(mode)
+    return matrix
+
+
+def resize_grid(grid: Tensor, size: tuple[int, int], mode: str, align_corners: bool = False) -> Tensor:
+    """`(..., h, w)` -> `(..., H, W)` with separable resampling matrices."""
+    rows = resize_matrix(grid.shape[-2], size[0], mode, align_corners)
+    cols = resize_matrix(grid.shape[-1], size[1], mode, align_corners)
+    return torch.einsum("rh,...hw,cw->...rc", rows, grid.to(DTYPE), cols)
+
+
+def upsample(scores: Tensor, grid: tuple[int, int], size: tuple[int, int], mode: str = "bilinear",
+             align_corners: bool = False) -> Tensor:
+    """`(B, N, C)` per-patch values (row-major grid) -> `(B, C, H, W)`."""
+    batch, _, channels = scores.shape
+    return resize_grid(scores.transpose(1, 2).reshape(batch, channels, *grid), size, mode, align_corners)
+
+
+def gaussian_smooth(maps: Tensor, sigma: float) -> Tensor:
+    """scipy's `gaussian_filter(sigma, mode="reflect", truncate=4)` on every `(H, W)` map (§1)."""
+    if sigma <= 0:
+        return maps
+    smoothed = [gaussian_filter(m, sigma=sigma, mode="reflect", truncate=4.0) for m in maps.detach().cpu().numpy()]
+    return torch.from_numpy(np.stack(smoothed))
+
+
+# -------------------------------------------------------------------------------------------- vision
+@dataclass
+class VisionOutput:
+    global_embeds: Tensor  # (B, P)
+    patch_tokens: list[Tensor]  # per feature layer (B, N, P) projected, or (B, N, W) raw
+    grid: tuple[int, int]
+    guided_tokens: Tensor | None = None  # Crane+ D-Attn output, projected like the patches
+
+
+def _position_table(embeddings, grid: tuple[int, int], mode: str) -> Tensor:
+    table = embeddings.position_embedding.weight
+    side = math.isqrt(table.shape[0] - 1)
+    patches = table[1:].reshape(side, side, -1).permute(2, 0, 1)
+    resized = resize_grid(patches, grid, mode).permute(1, 2, 0).reshape(grid[0] * grid[1], -1)
+    return torch.cat([table[:1], resized])
+
+
+def _attention_heads(q: Tensor, k: Tensor, v: Tensor, heads: int, kinds: Sequence[str], causal: bool = False):
+    """Per head: standard softmax(QK^T/sqrt d)V and, when `kinds`, sum_x softmax(XX^T/sqrt d) V."""
+    width = q.shape[-1]
+    d = width // heads
+    standard, dense = [], []
+    length = q.shape[-2]
+    mask = torch.ones(length, length, dtype=torch.bool).triu(1) if causal else None
+    for h in range(heads):
+        part = slice(h * d, (h + 1) * d)
+        qh, kh, vh = q[..., part], k[..., part], v[..., part]
+        scores = qh @ kh.transpose(-1, -2) / math.sqrt(d)
+        if mask is not None:
+            scores = scores.masked_fill(mask, float("-inf"))
+        standard.append(softmax(scores) @ vh)
+        if kinds:
+            projected = {"q": qh, "k": kh, "v": vh}
+            weights = sum(softmax(projected[x] @ projected[x].transpose(-1, -2) / math.sqrt(d)) for x in kinds)
+            dense.append(weights @ vh)
+    return torch.cat(standard, dim=-1), (torch.cat(dense, dim=-1) if kinds else None)
+
+
+def vision_tower(
+    clip,
+    pixels: Tensor,
+    *,
+    feature_layers: Sequence[int],
+    dense_attention: str | None = None,
+    dense_start_layer: int | None = None,
+    interpolation: str = "bicubic",
+    global_post_layernorm: bool = True,
+    project_patches: bool = True,
+    visual_prompts: Mapping[int, Tensor] | None = None,
+    guided_attention: tuple[int, Tensor, str] | None = None,
+) -> VisionOutput:
+    """The CLIP vision tower by hand (float64 `clip`).
+
+    Dense dual path (§2.1): from `dense_start_layer` on, z_s = h_{s-1} + D(LN1(h_{s-1})) and
+    z_l = z_{l-1} + D(LN1(h_{l-1})), D = W_O(sum_x softmax(XX^T/sqrt d) V) + b, no MLP; taps read z once
+    it exists. `visual_prompts[l]` `(B, n, W)`: the tokens after the 1 + N image tokens become these before
+    layer l (appended the first time, replaced later; §3.2). `guided_attention = (layer, A, source)`:
+    W_O(A V) + b with V from LN1 of that layer's input (`layer_input`) or of the stream after its
+    attention residual (`post_attention`, §11.1), patch tokens only.
+    """
+    vision = clip.vision_model
+    embeddings = vision.embeddings
+    patches = embeddings.patch_embedding(pixels.to(DTYPE))
+    batch, width, rows, cols = patches.shape
+    tokens = torch.cat([embeddings.class_embedding.expand(batch, 1, width), patches.flatten(2).transpose(1, 2)], dim=1)
+    hidden = vision.pre_layrnorm(tokens + _position_table(embeddings, (rows, cols), interpolation))
+    num_tokens = 1 + rows * cols
+    kinds = dense_kinds(dense_attention)
+    dense, taps, guided = None, {}, None
+    for index, layer in enumerate(vision.encoder.layers, start=1):
+        if visual_prompts and index in visual_prompts:
+            hidden = torch.cat([hidden[:, :num_tokens], visual_prompts[index].to(DTYPE)], dim=1)
+        attention = layer.self_attn
+        normed = layer.layer_norm1(hidden)
+        q, k, v = attention.q_proj(normed), attention.k_proj(normed), attention.v_proj(normed)
+        active = bool(kinds) and index >= dense_start_layer
+        standard, dense_heads = _attention_heads(q, k, v, attention.num_heads, kinds if active else ())
+        attended = hidden + attention.out_proj(standard)
+        if guided_attention is not None and guided_attention[0] == index:
+            _, weights, source = guided_attention
+            stream = hidden if source == "layer_input" else attended
+            values = attention.v_proj(layer.layer_norm1(stream[:, 1:num_tokens]))
+            guided = attention.out_proj(weights.to(DTYPE) @ values)
+        if active:
+            dense = (hidden if dense is None else dense) + attention.out_proj(dense_heads)
+        hidden = attended + layer.mlp(layer.layer_norm2(attended))
+        if index in feature_layers:
+            taps[index] = (dense if dense is not None else hidden)[:, 1:num_tokens]
+
+    def readout(x: Tensor) -> Tensor:
+        return clip.visual_projection(vision.post_layernorm(x)) if project_patches else x
+
+    cls = hidden[:, 0]
+    if global_post_layernorm:
+        cls = vision.post_layernorm(cls)
+    return VisionOutput(
+        global_embeds=clip.visual_projection(cls),
+        patch_tokens=[readout(taps[layer]) for layer in feature_layers],
+        grid=(rows, cols),
+        guided_tokens=readout(guided) if guided is not None else None,
+    )
+
+
+def vision_from_config(clip, pixels: Tensor, config, **overrides) -> VisionOutput:
+    """`vision_tower` with the config's vision settings (data), overridable."""
+    settings = dict(
+        feature_layers=list(config.feature_layers),
+        dense_attention=config.dense_attention,
+        dense_start_layer=config.dense_start_layer,
+        interpolation=config.pos_embed_interpolation,
+        global_post_layernorm=config.global_post_layernorm,
+    )
+    settings.update(overrides)
+    return vision_tower(clip, pixels, **settings)
+
+
+# ---------------------------------------------------------------------------------------------- text
+def text_tower(clip, embeds: Tensor, eos: Sequence[int] | Tensor, deep_prompts: Mapping[int, Tensor] | None = None,
+               offset: int = 1) -> Tensor:
+    """Projected text embeddings `(P, D)` of token embeddings `(P, L, W)`, pooled at `eos`.
+
+    Before text layer l in `deep_prompts`, positions offset .. offset + n - 1 are overwritten by its tokens
+    (`(n, W)` for all sequences or `(P, n, W)`).
+    """
+    text = clip.text_model
+    length = embeds.shape[1]
+    hidden = embeds.to(DTYPE) + text.embeddings.position_embedding.weight[:length]
+    for index, layer in enumerate(text.encoder.layers, start=1):
+        if deep_prompts and index in deep_prompts:
+            tokens = deep_prompts[index].to(DTYPE)
+            hidden = hidden.clone()
+            hidden[:, offset : offset + tokens.shape[-2]] = tokens
+        attention = layer.self_attn
+        normed = layer.layer_norm1(hidden)
+        q, k, v = attention.q_proj(normed), attention.k_proj(normed), attention.v_proj(normed)
+        attended, _ = _attention_heads(q, k, v, attention.num_heads, (), causal=True)
+        hidden = hidden + attention.out_proj(attended)
+        hidden = hidden + layer.mlp(layer.layer_norm2(hidden))
+    hidden = text.final_layer_norm(hidden)
+    pooled = hidden[torch.arange(hidden.shape[0]), torch.as_tensor(eos)]
+    return clip.text_projection(pooled)
+
+
+def token_embeddings(clip, token_ids: Sequence[Sequence[int]]) -> tuple[Tensor, list[int]]:
+    """Padded `(P, L, W)` embeddings of variable-length id lists and each one's end-of-text position."""
+    length = max(map(len, token_ids))
+    ids = torch.tensor([list(t) + [0] * (length - len(t)) for t in token_ids])
+    return clip.text_model.embeddings.token_embedding.weight[ids], [len(t) - 1 for t in token_ids]
+
+
+def mean_state_embedding(features: Tensor) -> Tensor:
+    """normalise(mean(normalise(sentences))) (§2.3)."""
+    return normalize(normalize(features).mean(dim=0))
+
+
+def object_agnostic_text(clip, state: Mapping[str, Tensor], config, image_embeds: Tensor | None = None) -> Tensor:
+    """AnomalyCLIP's two prompts (§2.3): context slots 1..n replaced by the learned vectors, deep tokens
+    overwriting positions 1..m before `config.deep_prompt_layers`; `(2, D)` normalised. With
+    `image_embeds (B, P)`, Crane's conditioning (§5.2): the normalised embedding is inserted after the
+    context vectors of both prompts of each image (end of text one further): `(B, 2, D)`."""
+    context = state["prompt_learner.context"].to(DTYPE)
+    deep = state["prompt_learner.deep_tokens"].to(DTYPE)
+    n = context.shape[1]
+    embeds, eos = token_embeddings(clip, config.prompt_token_ids)
+    embeds = embeds.clone()
+    embeds[:, 1 : 1 + n] = context
+    deep_prompts = {layer: deep[i] for i, layer in enumerate(config.deep_prompt_layers)}
+    if image_embeds is None:
+        return normalize(text_tower(clip, embeds, eos, deep_prompts))
+    per_image = []
+    for g in normalize(image_embeds.to(DTYPE)):
+        token = g.expand(2, 1, -1)
+        conditioned = torch.cat([embeds[:, : 1 + n], token, embeds[:, 1 + n :]], dim=1)
+        per_image.append(normalize(text_tower(clip, conditioned, [e + 1 for e in eos], deep_prompts)))
+    return torch.stack(per_image)
+
+
+# ------------------------------------------------------------------------------------ maps and losses
+def cosine_logits(features: Tensor, text: Tensor, scale: float) -> Tensor:
+    """`(B, N, 2)` scale * <f/|f|, t_c>; `text` is `(2, D)` or per image `(B, 2, D)`."""
+    text = text.to(DTYPE)
+    return scale * (normalize(features) @ text.transpose(-1, -2))
+
+
+def probability_map(probabilities: Sequence[Tensor]) -> Tensor:
+    """Mean over maps of (S_a + 1 - S_n) / 2 for `(B, 2, H, W)` probabilities (§2.4)."""
+    return torch.stack([(p[:, 1] + 1 - p[:, 0]) / 2 for p in probabilities]).mean(dim=0)
+
+
+def focal(probabilities: Tensor, target: Tensor, gamma: float = 2.0, eps: float = 1e-5) -> Tensor:
+    """Focal loss on `(B, C, H, W)` probabilities, label clamp and smoothing 1e-5, mean over pixels (§2.5)."""
+    classes = probabilities.shape[1]
+    one_hot = torch.stack([(target == c).to(DTYPE) for c in range(classes)], dim=1).clamp(eps / (classes - 1), 1 - eps)
+    p_t = (one_hot * probabilities).sum(dim=1) + eps
+    return (-((1 - p_t) ** gamma) * torch.log(p_t)).mean()
+
+
+def dice(prediction: Tensor, target: Tensor) -> Tensor:
+    """1 - (2 sum(p m) + 1) / (sum(p) + sum(m) + 1) per image, batch mean (§2.5)."""
+    p, m = prediction.flatten(1), target.flatten(1).to(DTYPE)
+    return (1 - (2 * (p * m).sum(1) + 1) / (p.sum(1) + m.sum(1) + 1)).mean()
+
+
+def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    log_probabilities = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+    return -log_probabilities[torch.arange(len(labels)), labels.long()].mean()
+
+
+def _size(pixels: Tensor) -> tuple[int, int]:
+    return tuple(pixels.shape[-2:])
+
+
+# --------------------------------------------------------------------------------------------- methods
+def _global_text_pipeline(model, pixels, text, vision, masks, labels, local_weight: float | None) -> Expected:
+    """§2.4 (AnomalyCLIP, ZeroShotCLIP): softmax patch probabilities, bilinear, mean of (S_a + 1 - S_n)/2,
+    Gaussian; score = global text probability. Loss (§2.5): CE + lambda * sum_layers(focal + dice_a + dice_n)."""
+    cfg = model.config
+    scale = 1.0 / cfg.temperature
+    image_logits = cosine_logits(vision.global_embeds, text, scale)
+    probabilities = [
+        upsample(softmax(cosine_logits(p, text, scale)), vision.grid, _size(pixels)) for p in vision.patch_tokens
+    ]
+    maps = gaussian_smooth(probability_map(probabilities), cfg.gaussian_sigma)
+    loss = None
+    if local_weight is not None and labels is not None:
+        loss = cross_entropy(image_logits, labels)
+        if masks is not None:
+            local = sum(focal(p, masks) + dice(p[:, 1], masks) + dice(p[:, 0], 1 - masks) for p in probabilities)
+            loss = loss + local_weight * local
+    return Expected(maps, softmax(image_logits)[:, 1], image_logits, loss)
+
+
+def zero_shot_clip(model, pixels, *, categories=None, masks=None, labels=None, training=False) -> Expected:
+    """ZeroShotCLIP (§2.3 ensemble on the §2.1 dense features, §2.4 maps and score)."""
+    cfg, clip = model.config, float64_copy(model.clip)
+    with torch.no_grad():
+        text = torch.stack([
+            mean_state_embedding(text_tower(clip, *token_embeddings(clip, ids)))
+            for ids in (cfg.normal_token_ids, cfg.anomaly_token_ids)
+        ])
+        return _global_text_pipeline(model, pixels, text, vision_from_config(clip, pixels, cfg), masks, labels, None)
+
+
+def anomalyclip(model, pixels, *, categories=None, masks=None, labels=None, training=False) -> Expected:
+    """AnomalyCLIP (§2): learned object-agnostic prompts, V-V dual path, §2.4 maps, §2.5 loss."""
+    cfg, clip = model.config, float64_copy(model.clip)
+    state = model.state_dict()
+    with torch.no_grad():
+        text = object_agnostic_text(clip, state, cfg)
+        vision = vision_from_config(clip, pixels, cfg)
+        return _global_text_pipeline(model, pixels, text, vision, masks, labels, cfg.local_loss_weight)
+
+
+def farthest_point_kmeans(points: np.ndarray, clusters: int, iterations: int) -> np.ndarray:
+    """K-means (§3.3, deterministic as §11.7): centers seeded at the first point, then repeatedly at the
+    point farthest from all centers; Lloyd iterations; an emptied cluster keeps its center. Labels `(M,)`."""
+    def distances(centers: np.ndarray) -> np.ndarray:
+        return ((points[:, None, :] - centers[None, :, :]) ** 2).sum(-1)
+
+    centers = [points[0]]
+    nearest = distances(np.stack(centers))[:, 0]
+    for _ in range(clusters - 1):
+        centers.append(points[int(np.argmax(nearest))])
+        nearest = np.minimum(nearest, distances(centers[-1][None])[:, 0])
+    centers = np.stack(centers)
+    for _ in range(iterations):
+        labels = distances(centers).argmin(1)
+        for c in range(clusters):
+            if (labels == c).any():
+                centers[c] = points[labels == c].mean(0)
+    return distances(centers).argmin(1)
+
+
+def hsf_embedding(patch_features: list[Tensor], anomaly_probability: Tensor, global_feature: Tensor, cfg) -> Tensor:
+    """AdaCLIP's HSF for one image (§3.3): top K*5 patches by anomaly probability, K-means on their
+    concatenated layer features, centroid = mean of member tokens over members and layers, c = normalised
+    mean of the centroids, image = normalise(w c + (1 - w) g')."""
+    num_patches = anomaly_probability.shape[0]
+    selected = min(cfg.hsf_num_clusters * cfg.hsf_patches_per_cluster, num_patches)
+    clusters = min(cfg.hsf_num_clusters, selected)
+    top = np.argsort(-anomaly_probability.numpy(), kind="stable")[:selected]
+    tokens = torch.stack([layer[top] for layer in patch_features], dim=1)  # (M, layers, D)
+    labels = farthest_point_kmeans(tokens.flatten(1).numpy(), clusters, cfg.hsf_kmeans_iterations)
+    centroids = [tokens[torch.from_numpy(labels == c)].mean(dim=(0, 1)) for c in np.unique(labels)]
+    c = normalize(torch.stack(centroids).mean(dim=0))
+    return normalize(cfg.hsf_weight * c + (1 - cfg.hsf_weight) * global_feature)
+
+
+ADACLIP_NORMAL_SENTENCES = 7 * 4  # §3.2: 7 normal states x 4 templates, then 5 x 4 anomaly sentences
+
+
+def adaclip(model, pixels, *, categories=None, masks=None, labels=None, training=False) -> Expected:
+    """AdaCLIP (§3): prompt-free pass -> e; hybrid prompts S + D(e) in both towers; learned projections;
+    class-aware ensemble; maps from the softmax of the layer-mean logits (align_corners=True); HSF score."""
+    cfg, clip = model.config, float64_copy(model.clip)
+    state = {k: v.to(DTYPE) for k, v in model.state_dict().items() if not k.startswith("clip.")}
+    batch, size = pixels.shape[0], _size(pixels)
+    names = cfg.class_names
+    if categories is None:
+        categories = [names[0]] * batch
+    elif isinstance(categories, str):
+        categories = [categories] * batch
+    depth, length = cfg.prompt_depth, cfg.prompt_length
+
+    def hybrid(prefix: str, e: Tensor) -> Tensor:  # (B, J, L, W) = S + D(e)
+        static = state[f"{prefix}.static"]
+        dynamic = linear(e, state[f"{prefix}.generator.weight"], state[f"{prefix}.generator.bias"])
+        return static + dynamic.view(batch, 1, length, static.shape[-1])
+
+    with torch.no_grad():
+        e = vision_tower(clip, pixels, feature_layers=(), interpolation=cfg.pos_embed_interpolation,
+                         global_post_layernorm=cfg.global_post_layernorm).global_embeds
+        vision_prompts = hybrid("vision_prompts", e)
+        vision = vision_tower(
+            clip, pixels, feature_layers=list(cfg.feature_layers), interpolation=cfg.pos_embed_interpolation,
+            global_post_layernorm=cfg.global_post_layernorm, project_patches=False,
+            visual_prompts={j: vision_prompts[:, j - 1] for j in range(1, depth + 1)},
+        )
+        text_prompts = hybrid("text_prompts", e)
+        text = []
+        for b, category in enumerate(categories):
+            ids = cfg.prompt_token_ids[names.index(category)]
+            deep = {j: text_prompts[b, j - 1] for j in range(2, depth + 1)}
+            sentences = text_tower(clip, *token_embeddings(clip, ids), deep)
+            text.append(torch.stack([
+                mean_state_embedding(sentences[:ADACLIP_NORMAL_SENTENCES]),
+                mean_state_embedding(sentences[ADACLIP_NORMAL_SENTENCES:]),
+            ]))
+        text = torch.stack(text)  # (B, 2, D)
+    patches = [
+        normalize(linear(tokens, state[f"projections.patch.{i}.weight"], state[f"projections.patch.{i}.bias"]))
+        for i, tokens in enumerate(vision.patch_tokens)
+    ]
+    global_feature = normalize(linear(vision.global_embeds, state["projections.image.weight"], state["projections.image.bias"]))
+    scale = 1.0 / cfg.temperature
+    layer_logits = [cosine_logits(p, text, scale) for p in patches]
+    mean_logits = torch.stack(layer_logits).mean(dim=0)
+    if cfg.hybrid_semantic_fusion:
+        anomaly = softmax(mean_logits)[..., 1]
+        image_features = torch.stack([
+            hsf_embedding([p[b] for p in patches], anomaly[b], global_feature[b], cfg) for b in range(batch)
+        ])
+    else:
+        image_features = global_feature
+    image_logits = cosine_logits(image_features[:, None], text, scale)[:, 0]
+    probabilities = softmax(upsample(mean_logits, vision.grid, size, align_corners=True), dim=1)
+    maps = gaussian_smooth(probability_map([probabilities]), cfg.gaussian_sigma)
+    loss = None
+    if labels is not None:
+        loss = focal(softmax(image_logits)[:, :, None, None], labels[:, None, None])
+        if masks is not None:
+            for logits in layer_logits:
+                p = softmax(upsample(logits, vision.grid, size, align_corners=True), dim=1)
+                loss = loss + focal(p, masks) + dice(p[:, 1], masks) + dice(p[:, 0], 1 - masks)
+    return Expected(maps, softmax(image_logits)[:, 1], image_logits, loss)
+
+
+def dino_attention(dino, pixels: Tensor, mean_scale: float, sharpness: float) -> Tensor:
+    """Crane+'s D-Attn weights (§5.1): DINOv2 patch cosine similarities S of the ImageNet-renormalised
+    image, S' = (S - mean_scale * mean(S)) * sharpness with the mean per image, negative entries masked
+    (each row keeps its maximum, as documented by zsad), row softmax. `(B, N, N)`."""
+    channels = []
+    for c in range(3):
+        raw = pixels[:, c].to(DTYPE) * CLIP_STD[c] + CLIP_MEAN[c]
+        channels.append((raw - IMAGENET_MEAN[c]) / IMAGENET_STD[c])
+    hidden = dino(pixel_values=torch.stack(channels, dim=1)).last_hidden_state
+    prefix = 1 + getattr(dino.config, "num_register_tokens", 0)
+    features = normalize(hidden[:, prefix:])
+    similarity = features @ features.transpose(1, 2)
+    scores = (similarity - mean_scale * similarity.mean(dim=(1, 2), keepdim=True)) * sharpness
+    keep = (scores >= 0) | (scores == scores.amax(dim=-1, keepdim=True))
+    return softmax(scores.masked_fill(~keep, float("-inf")))
+
+
+def crane(model, pixels, *, categories=None, masks=None, labels=None, training=False) -> Expected:
+    """Crane / Crane+ (§5): E-Attn dual path (+ D-Attn at the last layer), image-conditioned prompts when
+    `prompt_conditioning` asks for it in this mode, score-based pooling, soft-mean maps, §5.4 loss."""
+    cfg, clip = model.config, float64_copy(model.clip)
+    state = model.state_dict()
+    size = _size(pixels)
+    with torch.no_grad():
+        guided = None
+        if cfg.dino_attention:
+            weights = dino_attention(float64_copy(model.dino), pixels, cfg.dino_mean_scale, cfg.dino_sharpness)
+            guided = (cfg.vision_depth, weights, getattr(cfg, "guided_value_source", "layer_input"))
+        vision = vision_from_config(clip, pixels, cfg, guided_attention=guided)
+        conditioned = cfg.prompt_conditioning == "always" or (cfg.prompt_conditioning == "train" and training)
+        text = object_agnostic_text(clip, state, cfg, vision.global_embeds if conditioned else None)
+    maps_features = [normalize(f) for f in vision.patch_tokens]
+    if vision.guided_tokens is not None:
+        maps_features.append(normalize(vision.guided_tokens))
+    scale = 1.0 / cfg.temperature
+    patch_logits = [cosine_logits(f, text, scale) for f in maps_features]
+    mean_logits = torch.stack(patch_logits).mean(dim=0)
+    weights = softmax(mean_logits)[..., 1:]
+    pooled = normalize((weights * torch.stack(maps_features).mean(dim=0)).sum(dim=1))
+    fused = normalize(cfg.fusion_weight * pooled + (1 - cfg.fusion_weight) * normalize(vision.global_embeds))
+    image_logits = cosine_logits(fused[:, None], text, scale)[:, 0]
+    if not cfg.soft_mean:
+        raise NotImplementedError("soft_mean=False: METHODS.md §11.2 (upsample logits, mean, softmax) is issue 12's")
+    probabilities = [upsample(softmax(logits), vision.grid, size) for logits in patch_logits]
+    maps = gaussian_smooth(probability_map(probabilities), cfg.gaussian_sigma)
+    loss = None
+    if labels is not None:
+        loss = cfg.image_loss_weight * cross_entropy(image_logits * cfg.temperature / cfg.image_loss_temperature, labels)
+        if masks is not None:
+            for logits in patch_logits:
+                p = upsample(softmax(logits), vision.grid, size, mode=cfg.loss_upsample_mode)
+                loss = loss + cfg.local_loss_weight * (focal(p, masks) + dice((1 - p[:, 0] + p[:, 1]) / 2, masks))
+    return Expected(maps, softmax(image_logits)[:, 1], image_logits, loss)
+
+
+Reference = Callable[..., Expected]
+
+# One reference per registered method, by config `model_type`.
+REFERENCES: dict[str, Reference] = {
+    "zsad_clip": zero_shot_clip,
+    "zsad_anomalyclip": anomalyclip,
+    "zsad_adaclip": adaclip,
+    "zsad_crane": crane,
+}
