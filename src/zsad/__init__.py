@@ -11,6 +11,7 @@ from .modeling_base import AnomalyDetectionOutput, ZSADConfig, ZSADPreTrainedMod
 from .models.adaclip import AdaCLIPConfig, AdaCLIPModel
 from .models.anomalyclip import AnomalyCLIPConfig, AnomalyCLIPModel
 from .models.crane import CraneConfig, CraneModel
+from .models.winclip import WinCLIPConfig, WinCLIPModel
 from .models.zsad_clip import ZeroShotCLIPConfig, ZeroShotCLIPModel
 
 __version__ = "0.1.0.dev0"
@@ -19,6 +20,7 @@ MODEL_CLASSES: dict[str, type[ZSADPreTrainedModel]] = {
     "adaclip": AdaCLIPModel,
     "anomalyclip": AnomalyCLIPModel,
     "crane": CraneModel,
+    "winclip": WinCLIPModel,
     "zsad_clip": ZeroShotCLIPModel,
 }
 
@@ -38,6 +40,8 @@ __all__ = [
     "ZSADConfig",
     "ZSADImageProcessor",
     "ZSADPreTrainedModel",
+    "WinCLIPConfig",
+    "WinCLIPModel",
     "ZeroShotCLIPConfig",
     "ZeroShotCLIPModel",
 ]

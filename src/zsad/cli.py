@@ -74,6 +74,16 @@ def load_detector(model_id: str | None, backbone: str | None, object_name: str |
     return model
 
 
+def set_reference_folder(model, folder: str, image_size: int) -> None:
+    """`model.set_normal_references` with the images directly inside `folder` (few-shot, docs/few_shot.md)."""
+    from .few_shot import reference_images
+
+    try:
+        model.set_normal_references(reference_images(folder, image_size).to(model.device, model.dtype))
+    except ValueError as error:
+        raise CommandError(f"--normal-references: {error}") from error
+
+
 def _batches(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -110,6 +120,8 @@ def run_detect(args: argparse.Namespace) -> int:
     patch = model.config.clip_config.vision_config.patch_size
     if image_size % patch:
         raise CommandError(f"--image-size must be a multiple of the backbone's patch size {patch}, got {image_size}")
+    if args.normal_references:
+        set_reference_folder(model, args.normal_references, image_size)
     processor = ZSADImageProcessor(image_size=image_size)
     out_dir = Path(args.out)
     overlay_dir = out_dir / "overlays"
@@ -167,6 +179,8 @@ def add_detect_command(subparsers) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="auto = bfloat16 on CUDA, float32 elsewhere")
+    parser.add_argument("--normal-references", metavar="DIR",
+                        help="folder of normal images of the inspected class: adds the few-shot memory map (WinCLIP+ style)")
     parser.add_argument("--normalize-maps", action="store_true",
                         help="stretch each heat map to its own min..max (default: absolute probability scale)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -184,7 +198,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             model, args.datasets, output_dir=args.out, split=args.split, categories=args.categories,
             image_size=args.image_size, batch_size=args.batch_size, aupro_mode=args.aupro,
             report_cflow=args.report_cflow, heatmaps_per_category=args.heatmaps_per_category,
-            model_name=args.model or "ZeroShotCLIP",
+            model_name=args.model or "ZeroShotCLIP", normal_references=args.normal_references,
         )
     except DataError as error:
         raise CommandError(str(error)) from error
@@ -209,6 +223,8 @@ def add_evaluate_command(subparsers) -> None:
     parser.add_argument("--aupro", choices=["exact", "binned", "cflow"], default="exact")
     parser.add_argument("--report-cflow", action="store_true", help="also report the paper-comparable cflow AUPRO")
     parser.add_argument("--heatmaps-per-category", type=int, default=0)
+    parser.add_argument("--normal-references", metavar="DIR",
+                        help="few-shot: normal images of each category in DIR/<category>/ (docs/few_shot.md)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="zsad_eval", help="output folder (default: zsad_eval)")
     parser.set_defaults(func=run_evaluate)
