@@ -179,3 +179,35 @@ def test_clear_errors(backbone16, tmp_path):
     model.set_normal_references(torch.randn(2, 3, 32, 32))
     with pytest.raises(ValueError, match="the normal references are 32x32 images but these are 64x64"):
         model(torch.randn(1, 3, 64, 64))
+
+
+def test_evaluate_uses_each_categorys_references(backbone16, tmp_path):
+    import datasets
+    from zsad.data.synthetic import make_synthetic_dataset, make_texture
+    from zsad.evaluation import evaluate_datasets
+
+    test = make_synthetic_dataset(3, 3, size=32, textures=["stripes", "dots"], seed=0)
+    datasets.DatasetDict({"test": test}).save_to_disk(str(tmp_path / "synthetic"))
+    for category, kind in (("texture_stripes", "stripes"), ("texture_dots", "dots")):
+        (tmp_path / "refs" / category).mkdir(parents=True)
+        for i in range(2):
+            make_texture(kind, 32, seed=100 + i).save(tmp_path / "refs" / category / f"{i}.png")
+    torch.manual_seed(0)
+    model = zsad.ZeroShotCLIPModel.from_backbone(backbone16, image_size=32, reference_fusion="memory_only").eval()
+    results = evaluate_datasets(
+        model, [str(tmp_path / "synthetic")], output_dir=tmp_path / "out", normal_references=tmp_path / "refs", log=lambda _: None
+    )[str(tmp_path / "synthetic")]
+    assert model.normal_references is None  # cleared after the evaluation
+    processor = ZSADImageProcessor(image_size=32)
+    for category in ("texture_stripes", "texture_dots"):
+        rows = [i for i, name in enumerate(test["category"]) if name == category]
+        model.set_normal_references(torch.stack([processor.preprocess_image(tmp_path / "refs" / category / f"{i}.png") for i in range(2)]))
+        with torch.no_grad():
+            scores = model(torch.stack([processor.preprocess_image(test[i]["image"]) for i in rows])).pred_scores
+        expected = auroc(scores, torch.tensor([test[i]["label"] for i in rows]))
+        assert abs(results["per_category"][category]["image_auroc"] - expected) < 1e-9
+    with pytest.raises(ValueError, match="normal references of 'texture_dots'"):
+        (tmp_path / "refs" / "texture_dots" / "0.png").unlink()
+        (tmp_path / "refs" / "texture_dots" / "1.png").unlink()
+        evaluate_datasets(model, [str(tmp_path / "synthetic")], output_dir=tmp_path / "out2",
+                          normal_references=tmp_path / "refs", log=lambda _: None)
