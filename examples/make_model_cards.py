@@ -3,7 +3,10 @@
     python examples/make_model_cards.py [--out model_cards]
 
 One card per published variant: each method on its default backbone (openai/clip-vit-large-patch14-336;
-WinCLIP: openai/clip-vit-base-patch16), with its default configuration. Models are built on the meta device, so no weights are needed.
+WinCLIP: openai/clip-vit-base-patch16), with its default configuration, and every checkpoint that can be
+built from the authors' released weights (`zsad import-checkpoint`; e.g.
+crane-vit-large-patch14-336-trained-on-mvtec.md), with the configuration of the authors' test script and
+their reported numbers. Models are built on the meta device, so no weights are needed.
 """
 
 import argparse
@@ -12,6 +15,7 @@ from pathlib import Path
 import torch
 
 import zsad
+from zsad.hub.import_checkpoint import RELEASED_VARIANTS, released_variant_card
 from zsad.hub.model_card import build_model_card
 
 def generate(out_dir: Path) -> list[Path]:
@@ -24,6 +28,10 @@ def generate(out_dir: Path) -> list[Path]:
         repo_id = f"zsad/{name.replace('_', '-')}-{variant}"
         path = out_dir / f"{repo_id.split('/')[1]}.md"
         build_model_card(model, repo_id=repo_id).save(path)
+        written.append(path)
+    for variant in RELEASED_VARIANTS:
+        path = out_dir / f"{variant.slug}.md"
+        released_variant_card(variant, f"zsad/{variant.slug}").save(path)
         written.append(path)
     return written
 

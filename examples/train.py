@@ -54,6 +54,9 @@ def parse_args(argv=None):
     parser.add_argument("--num_train_epochs", type=int, help="default: the method's")
     parser.add_argument("--max_train_steps", type=int, help="overrides --num_train_epochs")
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    parser.add_argument("--gradient_checkpointing", action="store_true",
+                        help="recompute the vision layers in the backward pass (less memory for methods that train "
+                             "through the vision tower, e.g. HeadCLIP)")
     parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], help="default: accelerate config")
     parser.add_argument("--checkpointing_steps", type=int, default=500, help="save_state every N optimizer steps")
     parser.add_argument("--checkpoints_total_limit", type=int, help="keep only the N most recent checkpoints")
@@ -119,6 +122,8 @@ def main(argv=None):
     if args.model_class.class_aware:  # prompts name each image's category (AdaCLIP)
         config_kwargs["class_names"] = sorted(set(dataset["category"]))
     model = args.model_class.from_backbone(args.backbone, **config_kwargs)
+    if args.gradient_checkpointing:  # the new name from transformers 5.24 on, the old one before
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     optimizer = build_optimizer(model, learning_rate=args.learning_rate)
     logger.info(f"{args.method}: {model.num_trainable_parameters():,} trainable parameters on {args.backbone}")
     dataset = with_anomaly_transform(dataset, ZSADImageProcessor(image_size=model.config.image_size))

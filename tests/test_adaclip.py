@@ -347,3 +347,48 @@ def test_bad_visual_prompts_are_clear_errors(model):
         model.encode_image(pixels, visual_prompts={1: torch.zeros(5, 32), 2: torch.zeros(4, 32)})
     with pytest.raises(ValueError, match=r"visual prompts must have shape \(n, 32\)"):
         model.encode_image(pixels, visual_prompts={1: torch.zeros(5, 16)})
+
+
+def test_backbone_runs_with_exact_gelu_in_both_towers(model, backbone, tmp_path):
+    """The reference runs the OpenAI weights with exact GELU (METHODS.md §11.3): both towers of AdaCLIP's
+    backbone equal a transformers CLIP built with hidden_act="gelu", not the backbone's own quick_gelu."""
+    from transformers import CLIPConfig, CLIPModel
+
+    own = CLIPModel.from_pretrained(backbone).eval()
+    assert own.config.vision_config.hidden_act == own.config.text_config.hidden_act == "quick_gelu"
+    exact_config = CLIPConfig.from_pretrained(backbone)
+    exact_config.vision_config.hidden_act = exact_config.text_config.hidden_act = "gelu"
+    exact = CLIPModel(exact_config).eval()
+    exact.load_state_dict(own.state_dict())
+    pixels = torch.randn(2, 3, 28, 28)
+    ids = torch.tensor([model.config.prompt_token_ids[0][0]])
+    with torch.no_grad():
+        ours = (model.clip.get_image_features(pixel_values=pixels), model.clip.get_text_features(input_ids=ids))
+        expected = (exact.get_image_features(pixel_values=pixels), exact.get_text_features(input_ids=ids))
+        quick = (own.get_image_features(pixel_values=pixels), own.get_text_features(input_ids=ids))
+        x = torch.randn(3, 32)
+        mlp = model.clip.vision_model.encoder.layers[0].mlp
+        assert torch.allclose(mlp(x), mlp.fc2(F.gelu(mlp.fc1(x))), atol=1e-6)
+    for a, b, c in zip(ours, expected, quick):
+        a, b, c = (t.pooler_output if hasattr(t, "pooler_output") else t for t in (a, b, c))
+        assert (a - b).abs().max() < 1e-5 and (a - c).abs().max() > 1e-4
+    model.save_pretrained(tmp_path)
+    reloaded = AdaCLIPModel.from_pretrained(tmp_path)
+    assert reloaded.config.backbone_hidden_act == "gelu"
+    assert reloaded.clip.config.vision_config.hidden_act == reloaded.clip.config.text_config.hidden_act == "gelu"
+    kept = AdaCLIPModel.from_backbone(backbone, image_size=SIZE, backbone_hidden_act=None)
+    assert kept.clip.config.vision_config.hidden_act == "quick_gelu"
+    with pytest.raises(ValueError, match="backbone_hidden_act"):
+        AdaCLIPConfig(clip_config=tiny_clip_config(vision_layers=8, text_layers=4), backbone_hidden_act="swishy")
+
+
+def test_hyphens_in_class_names_become_spaces(backbone):
+    """The reference prompts "metal-nut" as "metal nut" (METHODS.md §11.4); the category name is kept."""
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    model = AdaCLIPModel.from_backbone(backbone, image_size=SIZE, class_names=["metal-nut"])
+    normal = [t.format(s.format("metal nut")) for s in NORMAL_STATES for t in TEMPLATES]
+    anomaly = [t.format(s.format("metal nut")) for s in ANOMALY_STATES for t in TEMPLATES]
+    assert model.config.class_names == ["metal-nut"]
+    assert model.config.prompt_token_ids == [tokenizer(normal + anomaly)["input_ids"]]
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, SIZE, SIZE), categories="metal-nut").pred_scores.shape == (1,)

@@ -169,3 +169,43 @@ def test_from_backbone_copies_the_clip_weights(tiny_backbone):
     reference = CLIPModel.from_pretrained(tiny_backbone)
     for name, tensor in reference.state_dict().items():
         assert torch.equal(model.clip.state_dict()[name], tensor), name
+
+
+def test_soft_masks_are_binarised_at_half_before_the_loss(tiny_anomalyclip):
+    """Masks with fractional values (e.g. resized with interpolation) act as `mask > 0.5` in every loss
+    term (METHODS.md §11.5): the loss equals the one of the binarised masks, computed here by hand."""
+    pixels = torch.randn(2, 3, 56, 56)
+    soft = torch.zeros(2, 56, 56)
+    soft[0, 5:25, 30:50] = 0.7
+    soft[0, 25:30, 30:50] = 0.3
+    soft[1, 0:4, 0:4] = 0.5  # exactly 0.5 is normal: image 1 has no anomalous pixel
+    binary = (soft > 0.5).float()
+    with torch.no_grad():
+        out = tiny_anomalyclip(pixels, masks=soft)
+        probs = out.patch_logits[0].softmax(-1).transpose(1, 2).reshape(2, 2, 14, 14)
+        probs = F.interpolate(probs, size=(56, 56), mode="bilinear", align_corners=False)
+    labels = torch.tensor([1, 0])
+    p_a, p_n = probs[:, 1], probs[:, 0]
+    eps = 1e-5
+    p_t = torch.where(binary == 1, p_a * (1 - eps) + p_n * eps, p_n * (1 - eps) + p_a * eps) + eps
+    focal = (-((1 - p_t) ** 2) * p_t.log()).mean()
+
+    def dice(prediction, target):
+        inter = (prediction * target).flatten(1).sum(1)
+        return (1 - (2 * inter + 1) / (prediction.flatten(1).sum(1) + target.flatten(1).sum(1) + 1)).mean()
+
+    expected = F.cross_entropy(out.image_logits, labels) + 4 * (focal + dice(p_a, binary) + dice(p_n, 1 - binary))
+    assert torch.allclose(out.loss, expected, atol=1e-6)
+
+
+def test_focal_loss_uses_fractional_targets_without_truncating():
+    """A target of 0.7 weighs both classes (0.3 normal, 0.7 anomaly); it is never cast to the class 0."""
+    torch.manual_seed(0)
+    probs = torch.rand(2, 2, 5, 5).softmax(dim=1)
+    target = torch.full((2, 5, 5), 0.7)
+    eps = 1e-5
+    weights = torch.stack([1 - target, target], dim=1).clamp(eps, 1 - eps)
+    p_t = (weights * probs).sum(1) + eps
+    expected = (-((1 - p_t) ** 2) * p_t.log()).mean()
+    assert torch.allclose(focal_loss(probs, target), expected)
+    assert not torch.allclose(focal_loss(probs, target), focal_loss(probs, torch.zeros(2, 5, 5)))

@@ -150,7 +150,11 @@ def naive_dino_attention(dino, pixels, registers):
 
 
 def test_crane_plus_equals_naive_computation(crane_plus):
-    """E-Attn and D-Attn maps, score-based pooling, image score and both map fusions from naive code."""
+    """E-Attn and D-Attn maps, score-based pooling, image score and both map fusions from naive code.
+
+    D-Attn's values come from LN1 of the last layer's stream after its attention residual (the reference,
+    METHODS.md §11.1); `soft_mean=False` upsamples each map's logits, averages, then applies the softmax
+    (§11.2)."""
     model = crane_plus
     clip, vision = model.clip, model.clip.vision_model
     pixels = torch.randn(2, 3, SIZE, SIZE)
@@ -159,19 +163,30 @@ def test_crane_plus_equals_naive_computation(crane_plus):
             out = model(pixels)
             model.config.soft_mean = False
             hard_mean_maps = model(pixels).anomaly_maps
+            model.config.guided_value_source = "layer_input"
+            layer_input_logits = model(pixels).patch_logits[1]
             last, dense, last_input = naive_dual_path(clip, pixels)
             attention = naive_dino_attention(model.dino, pixels, registers=2)
             layer = vision.encoder.layers[-1]
-            values = layer.self_attn.v_proj(layer.layer_norm1(last_input))[:, 1:]
-            guided = layer.self_attn.out_proj(attention @ values)  # no residual
-            readout = [clip.visual_projection(vision.post_layernorm(z)) for z in (dense[:, 1:], guided)]
+            after_attention = last_input + layer.self_attn(layer.layer_norm1(last_input))[0]
+            readouts = {}
+            for source, stream in (("post_attention", after_attention), ("layer_input", last_input)):
+                values = layer.self_attn.v_proj(layer.layer_norm1(stream))[:, 1:]
+                guided = layer.self_attn.out_proj(attention @ values)  # no residual
+                readouts[source] = guided
+            readout = [clip.visual_projection(vision.post_layernorm(z)) for z in (dense[:, 1:], readouts["post_attention"])]
             features = [z / z.norm(dim=-1, keepdim=True) for z in readout]
+            layer_input_features = F.normalize(clip.visual_projection(vision.post_layernorm(readouts["layer_input"])), dim=-1)
             text = model.text_features()  # static prompts in eval mode (the released test code)
     finally:
         model.config.soft_mean = True
+        model.config.guided_value_source = "post_attention"
     logits = [f @ text.t() / 0.07 for f in features]
     for ours, expected in zip(out.patch_logits, logits, strict=True):
         assert (ours - expected).abs().max() < 1e-3
+    assert (layer_input_logits - layer_input_features @ text.t() / 0.07).abs().max() < 1e-3
+    # the two value sources give clearly different D-Attn outputs
+    assert (readouts["post_attention"] - readouts["layer_input"]).abs().max() > 1e-2
     # score-based pooling: p_a of the mean logits weights the mean of the maps' features
     mean_logits = (logits[0] + logits[1]) / 2
     weights = mean_logits.softmax(-1)[..., 1:]
@@ -180,11 +195,41 @@ def test_crane_plus_equals_naive_computation(crane_plus):
     fused = F.normalize(0.5 * pooled + 0.5 * global_features, dim=-1)
     assert (out.image_logits - fused @ text.t() / 0.07).abs().max() < 1e-3
     assert torch.allclose(out.pred_scores, out.image_logits.softmax(-1)[:, 1])
-    soft = (logits[0].softmax(-1) + logits[1].softmax(-1)) / 2  # soft_mean=True: mean of probabilities
-    for ours, probabilities in ((out.anomaly_maps, soft), (hard_mean_maps, mean_logits.softmax(-1))):
-        grid = probabilities[..., 1].reshape(2, 1, 14, 14)
-        maps = F.interpolate(grid, size=(SIZE, SIZE), mode="bilinear", align_corners=False)[:, 0]
-        assert (ours - gaussian_blur(maps, 4.0)).abs().max() < 1e-5
+    def upsample(grid_values):
+        grid = grid_values.transpose(1, 2).reshape(2, -1, 14, 14)
+        return F.interpolate(grid, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+
+    soft = (upsample(logits[0].softmax(-1)) + upsample(logits[1].softmax(-1))) / 2  # mean of probabilities
+    hard = ((upsample(logits[0]) + upsample(logits[1])) / 2).softmax(dim=1)  # softmax of upsampled mean logits
+    for ours, probabilities in ((out.anomaly_maps, soft), (hard_mean_maps, hard)):
+        assert (ours - gaussian_blur(probabilities[:, 1], 4.0)).abs().max() < 1e-5
+
+
+def test_hard_mean_map_applies_the_softmax_after_upsampling(crane):
+    """`soft_mean=False` (the reference's test script for Crane+ on industrial data, METHODS.md §11.2):
+    the logits are upsampled bilinearly, then the softmax; the softmax first gives a different map."""
+    pixels = torch.randn(2, 3, SIZE, SIZE)
+    try:
+        crane.config.soft_mean = False
+        with torch.no_grad():
+            out = crane(pixels)
+    finally:
+        crane.config.soft_mean = True
+    (logits,) = out.patch_logits
+    logits = logits * 20  # sharp maps, where the order matters most
+    grid = logits.transpose(1, 2).reshape(2, 2, 14, 14)
+    try:
+        crane.config.soft_mean = False
+        with torch.no_grad():
+            (ours,) = crane.map_probabilities([logits], (14, 14), (SIZE, SIZE))
+    finally:
+        crane.config.soft_mean = True
+    expected = F.interpolate(grid, size=(SIZE, SIZE), mode="bilinear", align_corners=False).softmax(dim=1)
+    softmax_first = F.interpolate(grid.softmax(dim=1), size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    assert (ours - expected).abs().max() < 1e-6
+    assert (ours - softmax_first).abs().max() > 0.05
+    unsharpened = F.interpolate(grid / 20, size=(SIZE, SIZE), mode="bilinear", align_corners=False).softmax(dim=1)
+    assert (out.anomaly_maps - gaussian_blur(unsharpened[:, 1], 4.0)).abs().max() < 1e-5
 
 
 def test_dino_attention_guards():

@@ -130,3 +130,21 @@ def test_method_options_reach_the_config(launch, tiny_backbone, synthetic_data, 
     assert config["dense_attention"] == "qq+kk+vv" and config["local_loss_weight"] == 2
     bad = launch("train.py", *args, "--model_config", "oops", check=False)
     assert bad.returncode != 0 and "KEY=VALUE" in bad.stderr
+
+
+def test_headclip_trains_its_head_weights_through_the_scripts(launch, tiny_backbone, synthetic_data, tmp_path):
+    """Image-conditioned head weights, with activation checkpointing of the vision layers."""
+    args = _train_args(tiny_backbone, synthetic_data / "grid", tmp_path / "model", 15)
+    args[args.index("anomalyclip")] = "headclip"
+    launch("train.py", *args, "--gradient_checkpointing", "--model_config", "head_weight_mode=dynamic")
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "model" / "train_log.jsonl").read_text().splitlines()]
+    assert len(losses) == 15 and sum(losses[-3:]) < sum(losses[:3]), losses
+    adapters = _adapters(tmp_path / "model")
+    assert set(adapters) == {"prompt_learner.context", "prompt_learner.deep_tokens",
+                             "head_weights.generator.weight", "head_weights.generator.bias"}
+    assert adapters["head_weights.generator.weight"].abs().min() > 0  # moved away from its zero init
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert (config["model_type"], config["head_weight_mode"], config["image_score"]) == ("zsad_headclip", "dynamic", "joint")
+    launch("evaluate.py", "--model", tmp_path / "model", "--datasets", synthetic_data / "grid", "--output_dir", tmp_path / "eval")
+    results = json.loads((tmp_path / "eval" / "grid" / "metrics.json").read_text())
+    assert 0.0 <= results["macro"]["image_auroc"] <= 1.0 and results["counts"]["texture_grid"]["images"] == 12

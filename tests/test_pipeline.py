@@ -25,7 +25,7 @@ def _build(method, backbone, **config):
 def test_joint_score_mixes_global_probability_and_pooled_map(method, backbone):
     pixels = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        reference = _build(method, backbone)(pixels)
+        reference = _build(method, backbone, image_score="global")(pixels)  # HeadCLIP defaults to "joint"
         alphas = {alpha: _build(method, backbone, image_score="joint", joint_score_alpha=alpha)(pixels) for alpha in (0.0, 0.5, 1.0)}
         topk = _build(method, backbone, image_score="joint", joint_score_alpha=0.0, joint_score_pooling="topk_mean", joint_score_topk_fraction=0.1)(pixels)
     global_scores = reference.image_logits.softmax(dim=-1)[:, 1]

@@ -53,6 +53,7 @@ SHAPES: dict[str, Callable[[], CLIPConfig]] = {
 # Method variants: (registered method, config overrides).
 VARIANTS: dict[str, tuple[str, dict]] = {name: (name, {}) for name in zsad.MODEL_CLASSES}
 VARIANTS["crane+"] = ("crane", {"dino_attention": True})
+VARIANTS["headclip-dynamic"] = ("headclip", {"head_weight_mode": "dynamic"})
 DINO_TINY = {"model_type": "dinov2_with_registers", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
              "mlp_ratio": 2, "patch_size": 4, "image_size": 64, "num_register_tokens": 2}
 

@@ -11,6 +11,7 @@ from .modeling_base import AnomalyDetectionOutput, ZSADConfig, ZSADPreTrainedMod
 from .models.adaclip import AdaCLIPConfig, AdaCLIPModel
 from .models.anomalyclip import AnomalyCLIPConfig, AnomalyCLIPModel
 from .models.crane import CraneConfig, CraneModel
+from .models.headclip import HeadCLIPConfig, HeadCLIPModel
 from .models.winclip import WinCLIPConfig, WinCLIPModel
 from .models.zsad_clip import ZeroShotCLIPConfig, ZeroShotCLIPModel
 
@@ -20,6 +21,7 @@ MODEL_CLASSES: dict[str, type[ZSADPreTrainedModel]] = {
     "adaclip": AdaCLIPModel,
     "anomalyclip": AnomalyCLIPModel,
     "crane": CraneModel,
+    "headclip": HeadCLIPModel,
     "winclip": WinCLIPModel,
     "zsad_clip": ZeroShotCLIPModel,
 }
@@ -36,6 +38,8 @@ __all__ = [
     "AnomalyDetectionOutput",
     "CraneConfig",
     "CraneModel",
+    "HeadCLIPConfig",
+    "HeadCLIPModel",
     "MODEL_CLASSES",
     "ZSADConfig",
     "ZSADImageProcessor",

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .data.cli import register_convert_command
+from .hub.cli import register_hub_commands
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 DEFAULT_BACKBONE = "openai/clip-vit-large-patch14-336"
@@ -236,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_detect_command(subparsers)
     add_evaluate_command(subparsers)
     register_convert_command(subparsers)
+    register_hub_commands(subparsers)
     return parser
 
 

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def focal_loss(probabilities: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, smooth: float = 1e-5) -> torch.Tensor:
-    """Focal loss on class probabilities (no alpha), mean over pixels.
+    """Two-class focal loss on class probabilities (no alpha), mean over pixels.
 
     Args:
-        probabilities: `(B, C, H, W)` class probabilities (softmax already applied).
-        target: `(B, H, W)` integer class map (0 = normal, 1 = anomaly).
-    The one-hot target is clamped to `[smooth / (C - 1), 1 - smooth]` and `smooth` is added to p_t
-    before the log, as in the reference code.
+        probabilities: `(B, 2, H, W)` [normal, anomaly] probabilities (softmax already applied).
+        target: `(B, H, W)` anomaly target in [0, 1] (1 = anomaly).
+    The target distribution `[1 - t, t]` is clamped to `[smooth, 1 - smooth]` and `smooth` is added to
+    p_t before the log, as in the reference code. For binary targets this is the reference's one-hot;
+    a fractional target is used as is, never truncated to a class index.
     """
-    classes = probabilities.shape[1]
-    one_hot = F.one_hot(target.long(), classes).movedim(-1, 1).to(probabilities.dtype)
-    one_hot = one_hot.clamp(smooth / (classes - 1), 1.0 - smooth)
-    p_t = (one_hot * probabilities).sum(dim=1) + smooth
+    if probabilities.shape[1] != 2:
+        raise ValueError(f"focal_loss expects (B, 2, H, W) [normal, anomaly] probabilities; got {tuple(probabilities.shape)}")
+    target = target.to(probabilities.dtype)
+    distribution = torch.stack([1.0 - target, target], dim=1).clamp(smooth, 1.0 - smooth)
+    p_t = (distribution * probabilities).sum(dim=1) + smooth
     return (-(1.0 - p_t).pow(gamma) * p_t.log()).mean()
 
 

@@ -7,6 +7,7 @@ small trainable adapters. By default checkpoints hold the adapters only; the bac
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 import os
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoTokenizer, CLIPConfig, CLIPModel, PreTrainedConfig, PreTrainedModel
+from transformers.activations import ACT2FN
 from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput
 
 from .clip.text import TokenizedPrompts
@@ -106,6 +108,10 @@ class ZSADConfig(PreTrainedConfig):
         joint_score_alpha: alpha of the joint score, in [0, 1].
         joint_score_pooling: `max` of the map, or `topk_mean`: the mean of its top
             `joint_score_topk_fraction` pixels.
+        backbone_hidden_act: MLP activation of both CLIP towers (a transformers activation name such as
+            `gelu` or `quick_gelu`), written into `clip_config` so it holds however the backbone is built
+            or loaded; None keeps the backbone's own. AdaCLIP's reference runs the OpenAI weights with
+            exact `gelu` (METHODS.md §11.3).
         reference_fusion: with normal references set (`set_normal_references`), how the memory map and
             its maximum combine with the zero-shot map and score: `mean` (WinCLIP+), `memory_only`,
             `zero_shot_only` (docs/few_shot.md).
@@ -133,12 +139,19 @@ class ZSADConfig(PreTrainedConfig):
     joint_score_alpha: float = 0.5
     joint_score_pooling: str = "max"
     joint_score_topk_fraction: float = 0.01
+    backbone_hidden_act: str | None = None
     reference_fusion: str = "mean"
 
     def __post_init__(self, **kwargs):
         if self.clip_config is None:
             self.clip_config = CLIPConfig(**VIT_L14_336_CLIP_CONFIG)
         super().__post_init__(**kwargs)
+        if self.backbone_hidden_act is not None:
+            if self.backbone_hidden_act not in ACT2FN:
+                raise ValueError(f"backbone_hidden_act must be a transformers activation name; got {self.backbone_hidden_act!r}")
+            self.clip_config = copy.deepcopy(self.clip_config)  # never change a caller's CLIPConfig
+            self.clip_config.text_config.hidden_act = self.backbone_hidden_act
+            self.clip_config.vision_config.hidden_act = self.backbone_hidden_act
         depth = self.vision_depth
         if self.image_size is None:
             patch = self.clip_config.vision_config.patch_size
@@ -628,6 +641,8 @@ class ZSADPreTrainedModel(PreTrainedModel):
 
         `categories` (each image's class name, or one for all) is accepted by every model and used by
         class-aware ones (`class_aware = True`, e.g. AdaCLIP); object-agnostic methods ignore it.
+        `masks` (`(B, H, W)` or `(B, 1, H, W)`) are binarised at 0.5 before any loss; `labels` default to
+        whether a mask has an anomalous pixel.
         """
         _check_pixel_values(pixel_values, self.config.clip_config.vision_config.patch_size)
         size = tuple(pixel_values.shape[-2:])
@@ -712,7 +727,8 @@ def _check_targets(
             masks = masks[:, 0]
         if tuple(masks.shape) != (batch, height, width):
             raise ValueError(f"masks must have shape {(batch, height, width)} to match pixel_values; got {tuple(masks.shape)}")
-        masks = masks.to(pixel_values.device, torch.float32)
+        # Binarised at 0.5 before any loss, as the processor and the reference code do (METHODS.md §11.5).
+        masks = (masks.to(pixel_values.device) > 0.5).to(torch.float32)
     if labels is None:
         labels = (masks.flatten(1).amax(dim=1) > 0.5).long()
     else:

@@ -16,8 +16,10 @@ Further hooks serve the methods that change the tower:
   1 + N tokens before the first prompted layer and replacing those trailing tokens before every later
   prompted layer; they travel through the remaining layers and are dropped at readout.
 - `guided_attention` (Crane+'s D-Attn, METHODS.md §5.1): at a chosen layer, an external patch-to-patch
-  attention matrix A gives W_O(A V), with V from that layer's projection of LN1(original-stream input)
-  at the patch tokens (no residual).
+  attention matrix A gives W_O(A V) at the patch tokens (no residual). V is that layer's projection of
+  LN1 of the original stream either after the layer's attention residual, h + Attn(LN1(h))
+  (`guided_value_source="post_attention"`, what the Crane reference computes and its released weights
+  were trained with, METHODS.md §11.1), or of the layer input h (`"layer_input"`, the paper's wording).
 - `head_weights` / `dense_head_weights` (HeadCLIP's learnable head weights, METHODS.md §4.2): per layer,
   each head's output `A_h V_h` is scaled before `out_proj`, in the standard or the dense attention, inside
   the batched SDPA path (no per-head loop).
@@ -47,6 +49,9 @@ DENSE_ATTENTION_KINDS: dict[str, tuple[str, ...]] = {
     "qq+kk": ("q", "k"),
     "qq+kk+vv": ("q", "k", "v"),
 }
+# Where guided attention takes its values: LN1 of the stream after the layer's attention residual (the
+# Crane reference) or LN1 of the layer input (the paper's description).
+GUIDED_VALUE_SOURCES = ("post_attention", "layer_input")
 
 
 @dataclass
@@ -199,8 +204,13 @@ class TowerHooks:
     head_weights: Mapping[int, torch.Tensor] = field(default_factory=dict)
     dense_head_weights: Mapping[int, torch.Tensor] = field(default_factory=dict)
     dense_adapters: Mapping[int, Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=dict)
+    guided_value_source: str = "post_attention"
 
     def check(self, depth: int, dense_start_layer: int | None) -> None:
+        if self.guided_value_source not in GUIDED_VALUE_SOURCES:
+            raise ValueError(
+                f"guided_value_source must be one of {GUIDED_VALUE_SOURCES}; got {self.guided_value_source!r}"
+            )
         layers = [*self.visual_prompts, *self.guided_attention, *self.head_weights, *self.dense_head_weights, *self.dense_adapters]
         outside = [layer for layer in layers if not 1 <= layer <= depth]
         if outside:
@@ -233,9 +243,9 @@ def _layer_step(
     if index in hooks.visual_prompts:  # appended at the first prompted layer, replaced afterwards
         hidden = _with_prompt_tokens(hidden, hooks.visual_prompts[index], num_tokens)
     guided = None
-    if index in hooks.guided_attention:
-        normed = layer.layer_norm1(hidden[:, 1:num_tokens])
-        guided = guided_attention_output(layer, normed, hooks.guided_attention[index])
+    guided_attention = hooks.guided_attention.get(index)
+    if guided_attention is not None and hooks.guided_value_source == "layer_input":
+        guided = guided_attention_output(layer, layer.layer_norm1(hidden[:, 1:num_tokens]), guided_attention)
     attended, dense_update = dual_path_attention(
         layer,
         layer.layer_norm1(hidden),
@@ -248,6 +258,8 @@ def _layer_step(
         if index in hooks.dense_adapters:
             dense = hooks.dense_adapters[index](dense)
     hidden = hidden + attended
+    if guided_attention is not None and hooks.guided_value_source == "post_attention":
+        guided = guided_attention_output(layer, layer.layer_norm1(hidden[:, 1:num_tokens]), guided_attention)
     hidden = hidden + layer.mlp(layer.layer_norm2(hidden))
     return hidden, dense, guided
 
@@ -331,6 +343,7 @@ def encode_image(
     head_weights: Mapping[int, torch.Tensor] | None = None,
     dense_head_weights: Mapping[int, torch.Tensor] | None = None,
     dense_adapters: Mapping[int, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+    guided_value_source: str = "post_attention",
     project_patches: bool = True,
 ) -> VisionFeatures:
     """Global embedding and patch embeddings at `feature_layers` in one vision pass.
@@ -339,6 +352,8 @@ def encode_image(
         global_post_layernorm: apply `post_layernorm` to the CLS token before the projection.
         guided_attention: `{layer: A (B, N, N)}`: per layer, `W_O(A V)` of the patch tokens (see
             `guided_attention_output`) in `VisionFeatures.guided_patch_embeds`.
+        guided_value_source: `post_attention` (V from LN1 of the layer's stream after its attention
+            residual, the Crane reference) or `layer_input` (V from LN1 of the layer input).
         head_weights / dense_head_weights: `{layer: (H,) or (B, H)}` per-head output scales of the
             standard / dense attention (HeadCLIP).
         dense_adapters: `{layer: f}`, the dense stream becomes `f(z)` after that layer (DA-CLIP's DAKA).
@@ -359,6 +374,7 @@ def encode_image(
             head_weights=head_weights or {},
             dense_head_weights=dense_head_weights or {},
             dense_adapters=dense_adapters or {},
+            guided_value_source=guided_value_source,
         ),
     )
     cls_token = last[:, 0]

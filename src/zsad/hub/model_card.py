@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 if TYPE_CHECKING:
     from ..modeling_base import ZSADPreTrainedModel
@@ -25,23 +25,36 @@ def build_model_card(
     training_data: str | None = None,
     results_markdown: str | None = None,
     datasets: list[str] | None = None,
+    license: str = "apache-2.0",
+    eval_results: list[EvalResult] | None = None,
+    model_name: str | None = None,
+    provenance: str | None = None,
 ) -> ModelCard:
-    """A `ModelCard` describing `model` (method, backbone, adapters, usage, results, citation)."""
+    """A `ModelCard` describing `model` (method, backbone, adapters, usage, results, citation).
+
+    `license` is the license of the weights (e.g. the source license of imported weights);
+    `eval_results` become the `model-index` (named `model_name`, default `repo_id`); `provenance` is a
+    paragraph on where the weights come from.
+    """
     info = model.card_info
     backbone = model.config.backbone_name_or_path
+    title = repo_id or model_name or f"zsad {info['name']}"
     card_data = ModelCardData(
         library_name="transformers",
         base_model=backbone if _is_hub_id(backbone) else None,
         pipeline_tag="image-segmentation",
-        license="apache-2.0",
+        license=license,
         tags=["anomaly-detection", "zero-shot-anomaly-detection", "clip", "zsad", info["tag"]],
         datasets=datasets,
         metrics=["roc_auc", "average_precision", "aupro"],
+        model_name=title if eval_results else None,
+        eval_results=eval_results,
     )
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE_PATH),
-        model_name=repo_id or f"zsad {info['name']}",
+        provenance=provenance,
+        model_name=title,
         method_name=info["name"],
         summary=info["summary"],
         paper=info["paper"],

@@ -17,12 +17,13 @@ class AdaCLIPConfig(ZSADConfig):
     Layer settings default to METHODS.md §3 for ViT-L/14 (taps at layers 6/12/18/24, prompts in the first
     4 layers) and scale with the depth of other backbones.
 
-    Args (besides `ZSADConfig`'s):
+    Args (besides `ZSADConfig`'s; `backbone_hidden_act` defaults to `gelu`, the reference's activation):
         prompt_depth: J, the number of prompted layers (4, clipped to the depths of both towers). Visual
             prompts enter vision layers 1..J; text prompts overwrite positions 1..L of text layers 2..J.
         prompt_length: L, tokens per prompted layer (5).
         class_names: the categories the class-aware prompt ensemble is tokenized for (its `{}`, e.g.
-            "candle"); `forward(categories=...)` picks one per image. Change them on a built model with
+            "candle"); `forward(categories=...)` picks one per image. Hyphens become spaces in the
+            prompts (e.g. "metal-nut" is prompted as "metal nut"), as in the reference. Change them on a built model with
             `AdaCLIPModel.set_class_names`. Defaults to `["object"]`.
         hybrid_semantic_fusion: fuse the K-means centroid of the most anomalous patches into the image
             embedding (§3.3); False scores the projected global embedding alone.
@@ -44,6 +45,8 @@ class AdaCLIPConfig(ZSADConfig):
     }
 
     dense_attention: str | None = None
+    # The reference rebuilds CLIP without quick_gelu, so the OpenAI weights run with exact GELU (§11.3).
+    backbone_hidden_act: str | None = "gelu"
     temperature: float = 0.01  # logit scale 100
     pos_embed_interpolation: str = "bicubic"
     global_post_layernorm: bool = True

@@ -37,9 +37,13 @@ ADACLIP_CITATION = """@inproceedings{cao2024adaclip,
 
 
 def prompt_ensemble(class_name: str) -> tuple[list[str], list[str]]:
-    """The 28 normal and 20 anomaly sentences of `class_name`: 7 / 5 states x 4 templates, state-major (§3.2)."""
+    """The 28 normal and 20 anomaly sentences of `class_name`: 7 / 5 states x 4 templates, state-major (§3.2).
+
+    Hyphens in the name become spaces ("metal-nut" -> "metal nut"), as in the reference (METHODS.md §11.4).
+    """
+    name = class_name.replace("-", " ")
     return tuple(
-        [template.format(state.format(class_name)) for state in states for template in ADACLIP_TEMPLATES]
+        [template.format(state.format(name)) for state in states for template in ADACLIP_TEMPLATES]
         for states in (NORMAL_STATES, ANOMALY_STATES)
     )
 

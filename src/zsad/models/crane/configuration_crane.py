@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 from transformers import AutoConfig, CLIPConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from ...clip.vision import GUIDED_VALUE_SOURCES
 from ..anomalyclip.configuration_anomalyclip import AnomalyCLIPConfig
 
 DEFAULT_DINO_BACKBONE = "facebook/dinov2-with-registers-base"
@@ -39,8 +40,8 @@ class CraneConfig(AnomalyCLIPConfig):
         prompt_conditioning: when the L2-normalised global image embedding is inserted as a context token
             after the learnable ones (§5.2): `train` (in training mode only: the released pipeline, whose
             test code evaluates with static prompts), `always`, or `never`.
-        soft_mean: anomaly map from the mean of the dense maps' probabilities (True) or the softmax of
-            their mean logits (False).
+        soft_mean: anomaly map from the mean of the dense maps' probabilities (True) or, as the reference
+            (METHODS.md §11.2), each map's logits upsampled (bilinear), averaged, then the softmax (False).
         fusion_weight: weight of the score-pooled patch embedding c in `g+ = normalise(w c + (1 - w) g)` (0.5).
         local_loss_weight: weight of each dense map's `focal + dice` term (2 per map in the reference).
             Defaults to 2 for Crane+ (two different maps) and 8 for Crane, whose reference sums the four
@@ -54,6 +55,10 @@ class CraneConfig(AnomalyCLIPConfig):
         dino_config: its architecture (dict or config); defaults to DINOv2 ViT-B/14 with registers. Its
             patch size must equal CLIP's so both produce the same patch grid.
         dino_mean_scale / dino_sharpness: `S' = (S - 1.2 mean(S)) * 3`, `mean` per image.
+        guided_value_source: where D-Attn takes its values V at the last layer: `post_attention` (LN1 of
+            that layer's stream after its attention residual, h + Attn(LN1(h)): the reference code, which
+            produced the released Crane+ weights and the paper's numbers, METHODS.md §11.1) or
+            `layer_input` (LN1 of the layer input h, as §5.1 describes it).
     """
 
     model_type = "zsad_crane"
@@ -83,6 +88,7 @@ class CraneConfig(AnomalyCLIPConfig):
     dino_config: dict | PreTrainedConfig | None = None
     dino_mean_scale: float = 1.2
     dino_sharpness: float = 3.0
+    guided_value_source: str = "post_attention"
 
     def __post_init__(self, **kwargs):
         if self.dino_attention and self.dino_config is None:
@@ -98,6 +104,10 @@ class CraneConfig(AnomalyCLIPConfig):
             raise ValueError(f"loss_upsample_mode must be one of {UPSAMPLE_MODES}; got {self.loss_upsample_mode!r}")
         if not 0.0 <= self.fusion_weight <= 1.0:
             raise ValueError(f"fusion_weight must be within [0, 1]; got {self.fusion_weight}")
+        if self.guided_value_source not in GUIDED_VALUE_SOURCES:
+            raise ValueError(
+                f"guided_value_source must be one of {GUIDED_VALUE_SOURCES}; got {self.guided_value_source!r}"
+            )
         if self.image_loss_temperature <= 0:
             raise ValueError(f"image_loss_temperature must be > 0; got {self.image_loss_temperature}")
         embed_dim = self.clip_config.projection_dim

@@ -7,7 +7,7 @@ attention refinement for zero-shot anomaly detection.
   CLIP layer's values, as a second dense map (§5.1).
 - Prompts: AnomalyCLIP's object-agnostic learner (43,008 parameters), conditioned on the image by
   inserting its normalised global embedding as a context token (§5.2).
-- Map: mean of the dense maps' probabilities (or softmax of their mean logits), Gaussian sigma 4; image
+- Map: mean of the dense maps' probabilities (or softmax of their mean upsampled logits), Gaussian sigma 4; image
   score: the score-pooled patch embedding fused with the global one (§5.3).
 - Loss: 2 * sum_maps (focal + dice on (1 - S_n + S_a) / 2) + 0.2 * CE(<g+, t> / 0.01) (§5.4).
 """
@@ -163,7 +163,9 @@ class CraneModel(ZSADPreTrainedModel):
         """E-Attn dense features; for Crane+ also the D-Attn output at the last layer (§5.1)."""
         with torch.no_grad():
             guided = {self.config.vision_depth: self.dino_attention_weights(pixel_values)} if self.dino is not None else None
-            return self.encode_image(pixel_values, guided_attention=guided)
+            return self.encode_image(
+                pixel_values, guided_attention=guided, guided_value_source=self.config.guided_value_source
+            )
 
     def prompt_text_features(self, features: VisionFeatures, categories: Sequence[str] | None = None) -> torch.Tensor:
         """Prompts conditioned on each image's global embedding when `conditions_prompts`, else the cached
@@ -184,11 +186,12 @@ class CraneModel(ZSADPreTrainedModel):
         return similarity_logits(fused, text, cfg.temperature)
 
     def map_probabilities(self, patch_logits, grid_size, size) -> list[torch.Tensor]:
-        """`soft_mean`: each dense map's probabilities (averaged by the map step); else the softmax of the
-        maps' mean logits (§5.3). Bilinear upsampling."""
-        if not self.config.soft_mean:
-            patch_logits = [torch.stack(patch_logits).mean(dim=0)]
-        return super().map_probabilities(patch_logits, grid_size, size)
+        """`soft_mean`: each dense map's softmax, upsampled (bilinear; the map step averages them); else, as
+        the reference (METHODS.md §11.2), the maps' logits upsampled (bilinear), averaged, then the softmax."""
+        if self.config.soft_mean:
+            return super().map_probabilities(patch_logits, grid_size, size)
+        upsampled = [upsample_patch_scores(logits, grid_size, size) for logits in patch_logits]
+        return [torch.stack(upsampled).mean(dim=0).softmax(dim=1)]
 
     def loss_probabilities(self, patch_logits, grid_size, size, map_probabilities) -> list[torch.Tensor]:
         """Per dense map, softmax then upsampling with `loss_upsample_mode` (nearest in the reference's training)."""
