@@ -1,7 +1,7 @@
 """Zero-shot vs. k normal references (k = 0, 1, 4, 16) on MVTec-layout data: the table of docs/few_shot.md.
 
     python examples/few_shot_table.py ../shared/data/magnetic_tile ../shared/data/mpdd_metal_plate \
-        --architecture ../shared/clip-tokenizer [--backbone DIR] [--per-class 20] [--image-size 224]
+        --architecture ../shared/clip-tokenizer [--backbone DIR] [--per-class 20] [--image-size 224] [--models ...]
 
 For ZeroShotCLIP, AnomalyCLIP and WinCLIP on one CLIP backbone, every dataset (MVTec AD layout, one
 category each) is scored without references and with the first k normal references (sorted by name)
@@ -63,13 +63,14 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=20, help="normal and anomalous test images per dataset")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     with tempfile.TemporaryDirectory() as scratch:
         backbone = args.backbone or str(save_random_backbone(args.architecture, Path(scratch) / "clip", seed=args.seed))
-        models = {name: cls.from_backbone(backbone, image_size=args.image_size).eval() for name, cls in MODELS.items()}
+        models = {name: MODELS[name].from_backbone(backbone, image_size=args.image_size).eval() for name in args.models}
     processor = ZSADImageProcessor(image_size=args.image_size)
-    rows: dict[tuple[str, int], list[str]] = {(name, k): [] for name in MODELS for k in SHOTS}
+    rows: dict[tuple[str, int], list[str]] = {(name, k): [] for name in models for k in SHOTS}
     for root in args.datasets:
         reference_paths, samples = split_samples(root, args.per_class, args.seed)
         references = torch.stack([processor.preprocess_image(path) for path in reference_paths])
