@@ -36,7 +36,9 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "dev": ["pytest", "hypothesis"],
+        # dev includes the export extra so that the ONNX tests run in CI (.ci/run installs .[dev]).
+        "dev": ["pytest", "hypothesis", "onnx", "onnxscript", "onnxruntime"],
+        "export": ["onnx", "onnxscript", "onnxruntime"],
         "tracking": ["tensorboard"],
     },
     entry_points={"console_scripts": ["zsad=zsad.cli:main"]},

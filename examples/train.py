@@ -56,7 +56,7 @@ def parse_args(argv=None):
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument("--gradient_checkpointing", action="store_true",
                         help="recompute the vision layers in the backward pass (less memory for methods that train "
-                             "through the vision tower, e.g. HeadCLIP)")
+                             "through the vision tower, e.g. HeadCLIP, DA-CLIP)")
     parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], help="default: accelerate config")
     parser.add_argument("--checkpointing_steps", type=int, default=500, help="save_state every N optimizer steps")
     parser.add_argument("--checkpoints_total_limit", type=int, help="keep only the N most recent checkpoints")

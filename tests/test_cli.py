@@ -43,8 +43,9 @@ def test_detect_folder_with_training_free_model(tiny_backbone, mixed_folder, tmp
     assert all(0.0 <= float(r["score"]) <= 1.0 for r in rows)
     overlays = sorted(p.name for p in (out / "overlays").iterdir())
     assert len(overlays) == 5 and len(set(overlays)) == 5  # the two gray.png do not collide
-    for row in rows:  # an overlay per image, at the image's own size
-        assert Image.open(row["overlay"]).size == Image.open(row["image"]).size
+    for row in rows:  # a panel per image: the image and its overlay at the image's own size, side by side
+        (width, height), (panel_width, panel_height) = Image.open(row["image"]).size, Image.open(row["overlay"]).size
+        assert panel_width > 2 * width and panel_height > height
     summary = json.loads((out / "scores.json").read_text())
     assert "ZeroShotCLIP" in summary["model"] and len(summary["results"]) == 5
 

@@ -110,10 +110,12 @@ def test_evaluate_two_processes_equal_one(launch, tiny_backbone, synthetic_data,
     assert len(list((tmp_path / "two" / "grid" / "heatmaps" / "texture_grid").iterdir())) == 2
 
 
-@pytest.mark.parametrize("method", ["adaclip", "crane"])
+@pytest.mark.parametrize("method", ["adaclip", "crane", "daclip"])
 def test_other_methods_train_and_evaluate_through_the_scripts(launch, tiny_backbone, synthetic_data, tmp_path, method):
     args = _train_args(tiny_backbone, synthetic_data / "grid", tmp_path / "model", 15)
     args[args.index("anomalyclip")] = method
+    if method == "daclip":  # trains through the vision tower: exercise activation checkpointing too
+        args.append("--gradient_checkpointing")
     launch("train.py", *args)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "model" / "train_log.jsonl").read_text().splitlines()]
     assert len(losses) == 15 and sum(losses[-3:]) < sum(losses[:3]), losses

@@ -65,7 +65,7 @@ def test_model_push_to_hub_keeps_the_card_in_the_weights_commit(mock_hub, tiny_b
     assert len(mock_hub.commits) == 1, mock_hub.unhandled
     commit = mock_hub.commits[0]
     assert commit["repo"] == "acme/anomalyclip-tiny" and commit["header"]["summary"] == "first"
-    assert set(commit["files"]) == {"config.json", "model.safetensors", "README.md", "modeling_zsad.py"}
+    assert set(commit["files"]) == {"config.json", "model.safetensors", "README.md", "modeling_zsad.py", "preprocessor_config.json"}
     card = commit["files"]["README.md"].decode()
     assert "# acme/anomalyclip-tiny" in card and "synthetic grid textures" in card and "zero-shot-anomaly-detection" in card
     assert 'AutoModel.from_pretrained("acme/anomalyclip-tiny")' in card
@@ -78,4 +78,4 @@ def test_push_folder_leaves_training_by_products_out(mock_hub, tmp_path, tiny_ba
     (tmp_path / "checkpoints" / "checkpoint_0" / "optimizer.bin").write_bytes(b"x")
     (tmp_path / "random_states_0.pkl").write_bytes(b"x")
     push_folder(tmp_path, "acme/folder")
-    assert set(mock_hub.commits[0]["files"]) == {"config.json", "model.safetensors", "README.md", "modeling_zsad.py"}
+    assert set(mock_hub.commits[0]["files"]) == {"config.json", "model.safetensors", "README.md", "modeling_zsad.py", "preprocessor_config.json"}

@@ -95,7 +95,7 @@ def test_model_folder_goes_up_in_one_commit_and_pulls_back_identically(mock_hub,
     assert len(mock_hub.commits) == 1 and COMMIT_OID in out
     commit = mock_hub.commits[0]
     assert commit["type"] == "models" and commit["repo"] == "acme/anomalyclip-tiny"
-    assert set(commit["files"]) == {"config.json", "model.safetensors", "README.md", "modeling_zsad.py"}
+    assert set(commit["files"]) == {"config.json", "model.safetensors", "README.md", "modeling_zsad.py", "preprocessor_config.json"}
     assert commit["files"]["model.safetensors"] == (folder / "model.safetensors").read_bytes()
     card = commit["files"]["README.md"].decode()
     assert 'AutoModel.from_pretrained("acme/anomalyclip-tiny")' in card and "<this repository>" not in card
@@ -117,7 +117,9 @@ def test_dry_run_lists_the_files_and_sends_nothing(mock_hub, model_folder, capsy
     assert code == 0 and err == ""
     assert mock_hub.requests == []
     listed = re.findall(r"^  (\S+)  \((\S+) bytes\)$", out, flags=re.M)
-    assert [name for name, _ in listed] == ["README.md", "config.json", "model.safetensors", "modeling_zsad.py"]
+    assert [name for name, _ in listed] == [
+        "README.md", "config.json", "model.safetensors", "modeling_zsad.py", "preprocessor_config.json"
+    ]
     assert dict(listed)["model.safetensors"] == f"{(folder / 'model.safetensors').stat().st_size:,}"
 
 

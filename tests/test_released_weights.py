@@ -106,7 +106,9 @@ def test_real_crane_files_import(name, method, soft_mean, reported, absent, vitl
     assert f"wrote {out}" in stdout and "43,008 values" in stdout
     # A random backbone's token table is not the one the files were trained with: one warning line.
     assert stderr.count("\n") == 1 and "token-embedding buffers differ" in stderr
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors", "modeling_zsad.py"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md", "config.json", "model.safetensors", "modeling_zsad.py", "preprocessor_config.json"
+    ]
 
     state = torch.load(file, map_location="cpu", weights_only=True)["prompt_learner"]
     written = load_file(out / "model.safetensors")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from .data.cli import register_convert_command
 from .hub.cli import register_hub_commands
+from .inference_cli import register_calibrate_command, register_export_command
+from .visualize import MAP_SCALES
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 DEFAULT_BACKBONE = "openai/clip-vit-large-patch14-336"
@@ -106,7 +108,8 @@ def run_detect(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .clip.processing import ImageLoadError, ZSADImageProcessor, load_image, to_rgb
-    from .visualize import overlay_anomaly_map
+    from .modeling_base import LABELS
+    from .report import DetectReport
 
     if args.batch_size < 1:
         raise CommandError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -128,6 +131,9 @@ def run_detect(args: argparse.Namespace) -> int:
     overlay_dir = out_dir / "overlays"
     overlay_dir.mkdir(parents=True, exist_ok=True)
     names = dict(zip(paths, _unique_names(paths)))
+    model_name = args.model or f"ZeroShotCLIP on {args.backbone or DEFAULT_BACKBONE}"
+    report = DetectReport(out_dir, map_scale=args.map_scale, title=f"zsad detect: {model_name}",
+                          details=[f"image threshold: {model.config.image_threshold}"])
 
     rows = []
     with tqdm(total=len(paths), desc="zsad detect", unit="img", disable=args.quiet) as progress:
@@ -144,22 +150,25 @@ def run_detect(args: argparse.Namespace) -> int:
                 with torch.inference_mode():
                     output = model(pixel_values=pixels.to(device, model.dtype))
                 scores = output.pred_scores.float().cpu().tolist()
-                for path, image, score, anomaly_map in zip(kept, images, scores, output.anomaly_maps.float().cpu()):
+                labels = [None] * len(kept) if output.pred_labels is None else [LABELS[i] for i in output.pred_labels.tolist()]
+                for path, image, score, label, anomaly_map in zip(kept, images, scores, labels, output.anomaly_maps.float().cpu()):
                     overlay_path = overlay_dir / names[path]
-                    overlay_anomaly_map(image, anomaly_map, value_range=None if args.normalize_maps else (0.0, 1.0)).save(overlay_path)
-                    rows.append({"image": str(path), "score": score, "overlay": str(overlay_path)})
+                    report.add(path, image, anomaly_map, score, label, overlay_path.relative_to(out_dir).as_posix())
+                    rows.append({"image": str(path), "score": score, "label": label or "", "overlay": str(overlay_path)})
             progress.update(len(batch_paths))
 
     if not rows:
         raise CommandError("none of the images could be read")
+    report_path = report.finish()
     with open(out_dir / "scores.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["image", "score", "overlay"])
+        writer = csv.DictWriter(handle, fieldnames=["image", "score", "label", "overlay"])
         writer.writeheader()
         writer.writerows(rows)
-    summary = {"model": args.model or f"ZeroShotCLIP on {args.backbone or DEFAULT_BACKBONE}", "image_size": image_size, "results": rows}
+    summary = {"model": model_name, "image_size": image_size, "image_threshold": model.config.image_threshold, "results": rows}
     (out_dir / "scores.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     skipped = len(paths) - len(rows)
-    print(f"scored {len(rows)} image(s){f', skipped {skipped} unreadable' if skipped else ''}; results in {out_dir}")
+    print(f"scored {len(rows)} image(s){f', skipped {skipped} unreadable' if skipped else ''}; results in {out_dir}, "
+          f"report: {report_path}")
     return 0
 
 
@@ -182,8 +191,9 @@ def add_detect_command(subparsers) -> None:
                         help="auto = bfloat16 on CUDA, float32 elsewhere")
     parser.add_argument("--normal-references", metavar="DIR",
                         help="folder of normal images of the inspected class: adds the few-shot memory map (WinCLIP+ style)")
-    parser.add_argument("--normalize-maps", action="store_true",
-                        help="stretch each heat map to its own min..max (default: absolute probability scale)")
+    parser.add_argument("--map-scale", choices=MAP_SCALES, default="absolute",
+                        help="heat-map colours: absolute probabilities (default), each map's own min..max (image), "
+                        "or one min..max shared by the run (run)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run_detect)
 
@@ -237,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_detect_command(subparsers)
     add_evaluate_command(subparsers)
     register_convert_command(subparsers)
+    register_calibrate_command(subparsers)
+    register_export_command(subparsers)
     register_hub_commands(subparsers)
     return parser
 

@@ -51,13 +51,16 @@ def evaluate_model(
 
 
 def _save_heatmaps(batch, output, folder: Path, saved: dict[str, int], limit: int) -> None:
-    """Overlay of the anomaly map on the de-normalised input, per category up to `limit` images."""
+    """Panels (input | overlay with the ground-truth outline | colour bar, with score and decision) of the
+    de-normalised inputs, per category up to `limit` images. Absolute probability colours."""
     from .clip.processing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-    from .visualize import overlay_anomaly_map
+    from .modeling_base import LABELS
+    from .visualize import anomaly_panel
     from PIL import Image
 
     mean = torch.tensor(OPENAI_CLIP_MEAN).view(3, 1, 1)
     std = torch.tensor(OPENAI_CLIP_STD).view(3, 1, 1)
+    has_mask = batch.get("has_mask")
     for index, category in enumerate(batch["categories"]):
         if saved.get(category, 0) >= limit:
             continue
@@ -67,7 +70,16 @@ def _save_heatmaps(batch, output, folder: Path, saved: dict[str, int], limit: in
         name = batch.get("image_ids", [""] * len(batch["categories"]))[index] or f"{saved.get(category, 0):03d}"
         target = folder / category / f"{label}_{Path(name).stem}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
-        overlay_anomaly_map(image, output.anomaly_maps[index]).save(target)
+        with_mask = "masks" in batch and (has_mask is None or bool(has_mask[index]))
+        decision = None if output.pred_labels is None else LABELS[int(output.pred_labels[index])]
+        anomaly_panel(
+            image,
+            output.anomaly_maps[index],
+            score=float(output.pred_scores[index]),
+            label=decision,
+            ground_truth=batch["masks"][index] if with_mask else None,
+            title=f"{Path(name).name} (ground truth: {label})",
+        ).save(target)
         saved[category] = saved.get(category, 0) + 1
 
 

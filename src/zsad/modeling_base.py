@@ -23,10 +23,11 @@ from transformers import AutoTokenizer, CLIPConfig, CLIPModel, PreTrainedConfig,
 from transformers.activations import ACT2FN
 from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput
 
+from .clip.processing import ZSADImageProcessor
 from .clip.text import TokenizedPrompts
 from .clip.vision import DENSE_ATTENTION_KINDS, VisionFeatures, encode_image
 from .few_shot import REFERENCE_FUSIONS, NormalReferences, association_scores, fuse, split_categories
-from .hub.remote_code import write_remote_code_shim
+from .hub.remote_code import IMAGE_PROCESSOR_AUTO_MAP, write_remote_code_shim
 from .scoring import (
     JOINT_SCORE_POOLINGS,
     anomaly_maps_from_probabilities,
@@ -71,6 +72,14 @@ IMAGE_SCORES = ("global", "joint")
 REFERENCE_IMAGE_SIZE = 518  # 37 x 37 patches of 14 px (METHODS.md §1)
 
 
+LABELS = ("normal", "anomalous")  # the names of the decisions 0 and 1 (`pred_labels`)
+
+
+def exceeds(values: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The decision rule of every threshold in zsad: anomalous where `values >= threshold`."""
+    return values >= threshold
+
+
 def relative_layer(depth: int, fraction: float) -> int:
     """1-indexed layer at `fraction` of `depth` (rounded half up, at least 1)."""
     return max(1, min(depth, math.floor(depth * fraction + 0.5)))
@@ -112,6 +121,10 @@ class ZSADConfig(PreTrainedConfig):
             `gelu` or `quick_gelu`), written into `clip_config` so it holds however the backbone is built
             or loaded; None keeps the backbone's own. AdaCLIP's reference runs the OpenAI weights with
             exact `gelu` (METHODS.md §11.3).
+        image_threshold: decision threshold on `pred_scores`; when set, outputs add
+            `pred_labels = pred_scores >= image_threshold` (`zsad calibrate` sets it, docs/inference.md).
+        pixel_threshold: decision threshold on `anomaly_maps`; when set, outputs add
+            `pred_masks = anomaly_maps >= pixel_threshold`.
         reference_fusion: with normal references set (`set_normal_references`), how the memory map and
             its maximum combine with the zero-shot map and score: `mean` (WinCLIP+), `memory_only`,
             `zero_shot_only` (docs/few_shot.md).
@@ -140,6 +153,8 @@ class ZSADConfig(PreTrainedConfig):
     joint_score_pooling: str = "max"
     joint_score_topk_fraction: float = 0.01
     backbone_hidden_act: str | None = None
+    image_threshold: float | None = None
+    pixel_threshold: float | None = None
     reference_fusion: str = "mean"
 
     def __post_init__(self, **kwargs):
@@ -202,6 +217,10 @@ class ZSADConfig(PreTrainedConfig):
             raise ValueError(f"joint_score_pooling must be one of {JOINT_SCORE_POOLINGS}; got {self.joint_score_pooling!r}")
         if not 0.0 < self.joint_score_topk_fraction <= 1.0:
             raise ValueError(f"joint_score_topk_fraction must be within (0, 1]; got {self.joint_score_topk_fraction}")
+        for name in ("image_threshold", "pixel_threshold"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number or None; got {value!r}")
         if self.reference_fusion not in REFERENCE_FUSIONS:
             raise ValueError(f"reference_fusion must be one of {REFERENCE_FUSIONS}; got {self.reference_fusion!r}")
 
@@ -216,6 +235,9 @@ class AnomalyDetectionOutput(ModelOutput):
         anomaly_maps: `(B, H, W)` pixel-level anomaly probability at the input resolution.
         patch_logits: per feature layer, `(B, N, 2)` normal/anomaly logits of the patch tokens.
         image_logits: `(B, 2)` normal/anomaly logits of the global embedding.
+        pred_labels: `(B,)` int64, 1 = anomalous (`pred_scores >= config.image_threshold`); only when the
+            threshold is set.
+        pred_masks: `(B, H, W)` bool (`anomaly_maps >= config.pixel_threshold`); only when the threshold is set.
     """
 
     loss: torch.FloatTensor | None = None
@@ -223,6 +245,20 @@ class AnomalyDetectionOutput(ModelOutput):
     anomaly_maps: torch.FloatTensor | None = None
     patch_logits: tuple[torch.FloatTensor, ...] | None = None
     image_logits: torch.FloatTensor | None = None
+    pred_labels: torch.LongTensor | None = None
+    pred_masks: torch.BoolTensor | None = None
+
+
+@dataclass
+class ScoredImages:
+    """Everything `ZSADPreTrainedModel.score_images` computes on the way to the scores and maps."""
+
+    features: VisionFeatures
+    patch_logits: list[torch.Tensor]
+    image_logits: torch.Tensor
+    map_probabilities: list[torch.Tensor]
+    anomaly_maps: torch.Tensor
+    pred_scores: torch.Tensor
 
 
 class ZSADAdapter(nn.Module):
@@ -368,6 +404,9 @@ class ZSADPreTrainedModel(PreTrainedModel):
                 # A training-free model has no adapter tensor; transformers then writes no weights file,
                 # which from_pretrained requires.
                 save_file({}, weights, metadata={"format": "pt"})
+            processor = self.image_processor()
+            processor.auto_map = IMAGE_PROCESSOR_AUTO_MAP  # AutoImageProcessor with trust_remote_code, no import
+            processor.save_pretrained(save_directory)
             write_model_card(self, save_directory, overwrite=False)
         finally:
             self.config.save_backbone = previous
@@ -406,6 +445,20 @@ class ZSADPreTrainedModel(PreTrainedModel):
                 commit_message=commit_message or f"Upload {type(self).__name__}",
             )
 
+    def onnx_export_blocker(self) -> str | None:
+        """Why `zsad.export.export_onnx` cannot export this model as configured, or None.
+
+        The export bakes the text features in as constants, so every model whose text depends on the
+        image (or on its category) is refused.
+        """
+        if self.class_aware:
+            return "its text prompts depend on each image's category (class-aware prompts)"
+        return None
+
+    def image_processor(self) -> ZSADImageProcessor:
+        """The `ZSADImageProcessor` for this model's input size (saved with every checkpoint)."""
+        return ZSADImageProcessor(image_size=self.config.image_size)
+
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """Every tensor of the state dict except the frozen backbones' (`clip` and `extra_backbones()`)."""
         frozen = tuple(f"{name}." for name in ("clip", *self.extra_backbones()))
@@ -413,6 +466,14 @@ class ZSADPreTrainedModel(PreTrainedModel):
 
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The trainable parameters as named optimiser groups (each trainable parameter in exactly one).
+
+        `training_defaults["learning_rate_scales"]` gives a group's learning rate as a multiple of the
+        method's learning rate (e.g. DA-CLIP's `experts` at 0.1x). Default: one `adapters` group.
+        """
+        return {"adapters": [p for p in self.parameters() if p.requires_grad]}
 
     # ------------------------------------------------------------------ normal references (few-shot)
     @property
@@ -629,6 +690,37 @@ class ZSADPreTrainedModel(PreTrainedModel):
         """Method-specific fields of `output_class` beyond `AnomalyDetectionOutput`'s."""
         return {}
 
+    def score_images(
+        self,
+        pixel_values: torch.Tensor,
+        categories: str | Sequence[str] | None = None,
+        text_features: torch.Tensor | None = None,
+    ) -> ScoredImages:
+        """Steps 1-5 of the pipeline: scores and maps, with the intermediate results the loss needs.
+
+        `text_features` replaces step 2 (the ONNX export bakes them in as a constant).
+        """
+        _check_pixel_values(pixel_values, self.config.clip_config.vision_config.patch_size)
+        size = tuple(pixel_values.shape[-2:])
+        features = self.image_features(pixel_values, categories)
+        text = self.prompt_text_features(features, categories) if text_features is None else text_features
+        patch_logits = self.patch_logits(features, text)
+        image_logits = self.image_logits(features, text, patch_logits)
+        map_probabilities = self.map_probabilities(patch_logits, features.grid_size, size)
+        anomaly_maps = anomaly_maps_from_probabilities(map_probabilities, self.config.gaussian_sigma)
+        pred_scores = self.image_scores(image_logits, anomaly_maps)
+        anomaly_maps, pred_scores = self.fuse_normal_references(features, anomaly_maps, pred_scores)
+        return ScoredImages(features, patch_logits, image_logits, map_probabilities, anomaly_maps, pred_scores)
+
+    def decisions(self, pred_scores: torch.Tensor, anomaly_maps: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`pred_labels` / `pred_masks` for the thresholds set in the config (anomalous when `>=`)."""
+        out = {}
+        if self.config.image_threshold is not None:
+            out["pred_labels"] = exceeds(pred_scores, self.config.image_threshold).long()
+        if self.config.pixel_threshold is not None:
+            out["pred_masks"] = exceeds(anomaly_maps, self.config.pixel_threshold)
+        return out
+
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -637,42 +729,37 @@ class ZSADPreTrainedModel(PreTrainedModel):
         return_dict: bool | None = None,
         categories: str | Sequence[str] | None = None,
     ) -> AnomalyDetectionOutput | tuple:
-        """Score images: `pred_scores (B,)` and `anomaly_maps (B, H, W)`; a loss when targets are given.
+        """Score images: `pred_scores (B,)` and `anomaly_maps (B, H, W)`; a loss when targets are given;
+        `pred_labels` / `pred_masks` when the config has thresholds.
 
         `categories` (each image's class name, or one for all) is accepted by every model and used by
         class-aware ones (`class_aware = True`, e.g. AdaCLIP); object-agnostic methods ignore it.
         `masks` (`(B, H, W)` or `(B, 1, H, W)`) are binarised at 0.5 before any loss; `labels` default to
         whether a mask has an anomalous pixel.
         """
-        _check_pixel_values(pixel_values, self.config.clip_config.vision_config.patch_size)
+        scored = self.score_images(pixel_values, categories)
         size = tuple(pixel_values.shape[-2:])
-        features = self.image_features(pixel_values, categories)
-        text = self.prompt_text_features(features, categories)
-        patch_logits = self.patch_logits(features, text)
-        image_logits = self.image_logits(features, text, patch_logits)
-        map_probabilities = self.map_probabilities(patch_logits, features.grid_size, size)
-        anomaly_maps = anomaly_maps_from_probabilities(map_probabilities, self.config.gaussian_sigma)
-        pred_scores = self.image_scores(image_logits, anomaly_maps)
-        anomaly_maps, pred_scores = self.fuse_normal_references(features, anomaly_maps, pred_scores)
-
         loss = None
         if labels is not None or masks is not None:
             masks, labels = _check_targets(masks, labels, pixel_values)
             loss_probabilities = []
             if masks is not None:
-                loss_probabilities = self.loss_probabilities(patch_logits, features.grid_size, size, map_probabilities)
-            loss = self.compute_loss(image_logits, loss_probabilities, labels, masks)
-            auxiliary = self.auxiliary_losses(features)
+                loss_probabilities = self.loss_probabilities(
+                    scored.patch_logits, scored.features.grid_size, size, scored.map_probabilities
+                )
+            loss = self.compute_loss(scored.image_logits, loss_probabilities, labels, masks)
+            auxiliary = self.auxiliary_losses(scored.features)
             if loss is not None and auxiliary:
                 loss = loss + sum(auxiliary.values())
 
         output = self.output_class(
             loss=loss,
-            pred_scores=pred_scores,
-            anomaly_maps=anomaly_maps,
-            patch_logits=tuple(patch_logits),
-            image_logits=image_logits,
-            **self.output_extras(features),
+            pred_scores=scored.pred_scores,
+            anomaly_maps=scored.anomaly_maps,
+            patch_logits=tuple(scored.patch_logits),
+            image_logits=scored.image_logits,
+            **self.decisions(scored.pred_scores, scored.anomaly_maps),
+            **self.output_extras(scored.features),
         )
         return output if return_dict is not False else output.to_tuple()
 

@@ -54,20 +54,32 @@ def build_optimizer(
     betas: tuple[float, float] | None = None,
     weight_decay: float | None = None,
 ) -> torch.optim.Optimizer:
-    """The method's reference optimiser over the trainable parameters; explicit values override."""
+    """The method's reference optimiser over the trainable parameters; explicit values override.
+
+    One parameter group per `model.parameter_groups()` entry, at `learning_rate` (default: the method's)
+    times the group's factor in `training_defaults["learning_rate_scales"]` (1 if absent): an explicit
+    `learning_rate` moves every group and keeps their ratios (DA-CLIP: prompts 1e-3, experts 1e-4).
+    """
     defaults = type(model.config).training_defaults or {}
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    if not parameters:
+    groups = {name: params for name, params in model.parameter_groups().items() if params}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
         raise ValueError(f"{type(model).__name__} has no trainable parameter")
+    grouped = [id(p) for params in groups.values() for p in params]
+    if sorted(grouped) != sorted(map(id, trainable)):
+        raise ValueError(f"{type(model).__name__}.parameter_groups() must list every trainable parameter exactly once")
     optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[defaults.get("optimizer", "adam")]
+    base_rate = learning_rate if learning_rate is not None else defaults.get("learning_rate", 1e-3)
+    scales = defaults.get("learning_rate_scales", {})
     kwargs: dict[str, Any] = {
-        "lr": learning_rate if learning_rate is not None else defaults.get("learning_rate", 1e-3),
+        "lr": base_rate,
         "betas": tuple(betas) if betas is not None else tuple(defaults.get("betas", (0.9, 0.999))),
     }
     decay = weight_decay if weight_decay is not None else defaults.get("weight_decay")
     if decay is not None:
         kwargs["weight_decay"] = decay
-    return optimizer_class(parameters, **kwargs)
+    param_groups = [{"name": name, "params": params, "lr": base_rate * scales.get(name, 1.0)} for name, params in groups.items()]
+    return optimizer_class(param_groups, **kwargs)
 
 
 class EpochShuffleSampler(Sampler[int]):

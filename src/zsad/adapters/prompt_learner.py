@@ -19,17 +19,32 @@ class ObjectAgnosticPrompts(ZSADAdapter):
     that layer's m deep tokens. All vectors start from N(0, 0.02).
 
     Parameters: `2 * n * width + len(deep_layers) * m * width` (43,008 for n=12, m=4, 8 layers, width 768).
+
+    With `learn_deep_tokens=False` the learner holds the context vectors only and the deep tokens are
+    given to `text_features` by the caller (DA-CLIP combines them per image from its domain prompt
+    bank, METHODS.md §6.2.1-6.2.2).
     """
 
-    def __init__(self, num_context_tokens: int, deep_prompt_length: int, deep_layers: list[int], width: int):
+    def __init__(
+        self,
+        num_context_tokens: int,
+        deep_prompt_length: int,
+        deep_layers: list[int],
+        width: int,
+        learn_deep_tokens: bool = True,
+    ):
         super().__init__()
         self.deep_layers = list(deep_layers)
+        self.deep_prompt_length = deep_prompt_length
         self.context = nn.Parameter(torch.empty(2, num_context_tokens, width))  # [normal, anomaly]
-        self.deep_tokens = nn.Parameter(torch.empty(len(self.deep_layers), deep_prompt_length, width))
+        if learn_deep_tokens:
+            self.deep_tokens = nn.Parameter(torch.empty(len(self.deep_layers), deep_prompt_length, width))
+        else:
+            self.register_parameter("deep_tokens", None)
         self.reset_parameters()
 
     @classmethod
-    def from_config(cls, config) -> ObjectAgnosticPrompts:
+    def from_config(cls, config, learn_deep_tokens: bool = True) -> ObjectAgnosticPrompts:
         """Built from a config with `num_context_tokens`, `deep_prompt_length` and `deep_prompt_layers`
         (AnomalyCLIP's; Crane reuses it unchanged, METHODS.md §5.2)."""
         return cls(
@@ -37,11 +52,13 @@ class ObjectAgnosticPrompts(ZSADAdapter):
             deep_prompt_length=config.deep_prompt_length,
             deep_layers=config.deep_prompt_layers,
             width=config.clip_config.text_config.hidden_size,
+            learn_deep_tokens=learn_deep_tokens,
         )
 
     def reset_parameters(self) -> None:
         nn.init.normal_(self.context, std=0.02)
-        nn.init.normal_(self.deep_tokens, std=0.02)
+        if self.deep_tokens is not None:
+            nn.init.normal_(self.deep_tokens, std=0.02)
 
     @property
     def num_context_tokens(self) -> int:
@@ -53,16 +70,29 @@ class ObjectAgnosticPrompts(ZSADAdapter):
         context = self.context.to(token_embeddings.dtype)
         return torch.cat([token_embeddings[:, :1], context, token_embeddings[:, 1 + n :]], dim=1)
 
-    def deep_prompts(self) -> dict[int, torch.Tensor]:
-        """`{text layer: (m, W) tokens}` for `encode_text(deep_prompts=...)`."""
-        return {layer: self.deep_tokens[i] for i, layer in enumerate(self.deep_layers)}
+    def deep_prompts(self, deep_tokens: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+        """`{text layer: tokens}` for `encode_text(deep_prompts=...)`: the learner's own `(m, W)` tokens, or
+        per image from `deep_tokens (B, layers, m, W)`, each repeated for the image's two prompts."""
+        if deep_tokens is None:
+            if self.deep_tokens is None and self.deep_layers:
+                raise ValueError("this prompt learner has no deep tokens of its own: pass deep_tokens (B, layers, m, W)")
+            return {layer: self.deep_tokens[i] for i, layer in enumerate(self.deep_layers)}
+        expected = (len(self.deep_layers), self.deep_prompt_length, self.context.shape[-1])
+        if deep_tokens.dim() != 4 or tuple(deep_tokens.shape[1:]) != expected:
+            raise ValueError(f"deep_tokens must have shape (B, {', '.join(map(str, expected))}); got {tuple(deep_tokens.shape)}")
+        return {layer: deep_tokens[:, i].repeat_interleave(2, dim=0) for i, layer in enumerate(self.deep_layers)}
 
     def text_features(
-        self, clip: CLIPModel, prompts: TokenizedPrompts, image_embeds: torch.Tensor | None = None
+        self,
+        clip: CLIPModel,
+        prompts: TokenizedPrompts,
+        image_embeds: torch.Tensor | None = None,
+        deep_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """L2-normalised [normal, anomaly] text embeddings: `(2, D)`, or `(B, 2, D)` when each image's
         normalised global embedding `image_embeds (B, P)` is inserted after the context tokens as an
-        extra token (Crane's conditioning, METHODS.md §5.2; the end-of-text position shifts by one)."""
+        extra token (Crane's conditioning, METHODS.md §5.2; the end-of-text position shifts by one),
+        and/or each image brings its own deep tokens `deep_tokens (B, layers, m, W)` (DA-CLIP, §6.2.2)."""
         if not prompts.is_tokenized:
             raise ValueError(
                 "this model has no prompt token ids: build it with from_backbone(...) or load a checkpoint "
@@ -71,13 +101,18 @@ class ObjectAgnosticPrompts(ZSADAdapter):
         ids = prompts.input_ids[:, : prompts.max_length]
         embeds = self.prompt_embeddings(clip.text_model.embeddings.token_embedding(ids))
         pooling_positions = prompts.eos_positions
+        batches = {x.shape[0] for x in (image_embeds, deep_tokens) if x is not None}
+        if len(batches) > 1:
+            raise ValueError(f"image_embeds and deep_tokens must cover the same images; got batches {sorted(batches)}")
+        batch = batches.pop() if batches else None
+        if batch is not None:
+            embeds, pooling_positions = embeds.repeat(batch, 1, 1), pooling_positions.repeat(batch)
         if image_embeds is not None:
-            batch = image_embeds.shape[0]
             image_token = F.normalize(image_embeds, dim=-1).repeat_interleave(2, dim=0).unsqueeze(1)
-            embeds = insert_positions(embeds.repeat(batch, 1, 1), image_token, 1 + self.num_context_tokens)
-            pooling_positions = (pooling_positions + 1).repeat(batch)
+            embeds = insert_positions(embeds, image_token, 1 + self.num_context_tokens)
+            pooling_positions = pooling_positions + 1
         text = encode_text(
-            clip, None, inputs_embeds=embeds, deep_prompts=self.deep_prompts(), pooling_positions=pooling_positions
+            clip, None, inputs_embeds=embeds, deep_prompts=self.deep_prompts(deep_tokens), pooling_positions=pooling_positions
         )
         text = F.normalize(text, dim=-1)
-        return text if image_embeds is None else text.view(batch, 2, -1)
+        return text if batch is None else text.view(batch, 2, -1)

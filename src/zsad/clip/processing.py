@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
+from transformers.image_processing_base import BatchFeature
+from transformers.image_processing_utils import BaseImageProcessor
+from transformers.processing_utils import ImagesKwargs
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -69,13 +73,25 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-class ZSADImageProcessor:
-    """Turns images (and optional masks) into model inputs.
+class ZSADImageProcessorKwargs(ImagesKwargs, total=False):
+    """Keyword arguments of `ZSADImageProcessor` beyond transformers' `ImagesKwargs`."""
 
-    `processor(images, masks=None)` returns a dict with `pixel_values (B, 3, S, S)` float32 and, when
-    masks are given, `masks (B, S, S)` float32 in {0, 1}. A `None` mask stands for a normal image
-    (all zeros).
+    image_size: int
+    mask_threshold: float
+
+
+class ZSADImageProcessor(BaseImageProcessor):
+    """Turns images (and optional masks) into model inputs; maps back to the original image sizes.
+
+    `processor(images, masks=None)` returns a `BatchFeature` with `pixel_values (B, 3, S, S)` float32
+    and, when masks are given, `masks (B, S, S)` float32 in {0, 1}. A `None` mask stands for a normal
+    image (all zeros). It is a transformers image processor: `save_pretrained` writes
+    `preprocessor_config.json` and `AutoImageProcessor.from_pretrained` loads it back (zsad checkpoints
+    carry one). The resizing is PIL + torch, without torchvision.
     """
+
+    valid_kwargs = ZSADImageProcessorKwargs
+    model_input_names = ["pixel_values"]
 
     def __init__(
         self,
@@ -83,7 +99,10 @@ class ZSADImageProcessor:
         image_mean: Sequence[float] = OPENAI_CLIP_MEAN,
         image_std: Sequence[float] = OPENAI_CLIP_STD,
         mask_threshold: float = 0.5,
+        **kwargs: Any,
     ) -> None:
+        kwargs.pop("image_processor_type", None)
+        super().__init__(**kwargs)
         if int(image_size) <= 0:
             raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
         if len(image_mean) != 3 or len(image_std) != 3:
@@ -127,7 +146,7 @@ class ZSADImageProcessor:
         self,
         images: ImageInput | Sequence[ImageInput],
         masks: ImageInput | None | Sequence[ImageInput | None] = None,
-    ) -> dict[str, torch.Tensor]:
+    ) -> BatchFeature:
         single = not isinstance(images, (list, tuple))
         image_list = [images] if single else list(images)
         if not image_list:
@@ -138,4 +157,37 @@ class ZSADImageProcessor:
             if len(mask_list) != len(image_list):
                 raise ValueError(f"got {len(image_list)} images but {len(mask_list)} masks")
             batch["masks"] = torch.stack([self.preprocess_mask(mask) for mask in mask_list])
-        return batch
+        return BatchFeature(data=batch)
+
+    preprocess = __call__
+
+    def post_process_anomaly_maps(
+        self, outputs: Any, target_sizes: Sequence[tuple[int, int]] | torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Anomaly maps at the original image sizes: one `(height, width)` float32 tensor per image.
+
+        `outputs` is a model output (or any object with `anomaly_maps (B, S, S)`, or that tensor);
+        `target_sizes` holds one `(height, width)` per image, as transformers' `post_process_*` methods
+        (PIL's `image.size` is `(width, height)`: pass `image.size[::-1]`). Bilinear resizing, no rescaling
+        of the values: the maps stay probabilities.
+        """
+        maps = outputs if isinstance(outputs, torch.Tensor) else outputs.anomaly_maps
+        if maps.dim() != 3:
+            raise ValueError(f"anomaly_maps must have shape (B, H, W); got {tuple(maps.shape)}")
+        sizes = [tuple(int(v) for v in size) for size in target_sizes]
+        if len(sizes) != maps.shape[0]:
+            raise ValueError(f"got {maps.shape[0]} anomaly maps but {len(sizes)} target sizes")
+        resized = []
+        for anomaly_map, size in zip(maps, sizes):
+            if len(size) != 2 or min(size) <= 0:
+                raise ValueError(f"target sizes must be (height, width) pairs of positive integers; got {size}")
+            resized.append(resize_map(anomaly_map, size))
+        return resized
+
+
+def resize_map(anomaly_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """`(H, W)` map -> `(height, width)` float32 map, bilinear (`align_corners=False`)."""
+    values = anomaly_map.detach().float()[None, None]
+    if tuple(values.shape[-2:]) != tuple(size):
+        values = F.interpolate(values, size=tuple(size), mode="bilinear", align_corners=False)
+    return values[0, 0]

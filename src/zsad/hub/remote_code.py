@@ -1,7 +1,8 @@
 """Remote-code shim so `AutoModel.from_pretrained(repo, trust_remote_code=True)` works without `import zsad`.
 
-Each checkpoint carries a two-line `modeling_zsad.py` that imports the classes from the installed
-`zsad` package, and `config.json["auto_map"]` points at it (ECOSYSTEM.md §1.6, "shim pattern"). If zsad
+Each checkpoint carries a short `modeling_zsad.py` that imports the classes from the installed
+`zsad` package, and `config.json["auto_map"]` (`preprocessor_config.json["auto_map"]` for the image
+processor) points at it (ECOSYSTEM.md §1.6, "shim pattern"). If zsad
 is not installed, transformers answers "This modeling file requires ... zsad. Run pip install zsad".
 """
 
@@ -22,8 +23,9 @@ def write_remote_code_shim(save_directory: str | os.PathLike, config_class: type
         "",
         f"from {config_class.__module__} import {config_class.__name__}",
         f"from {model_class.__module__} import {model_class.__name__}",
+        "from zsad.clip.processing import ZSADImageProcessor",
         "",
-        f'__all__ = ["{config_class.__name__}", "{model_class.__name__}"]',
+        f'__all__ = ["{config_class.__name__}", "{model_class.__name__}", "ZSADImageProcessor"]',
         "",
     ]
     (directory / f"{SHIM_MODULE}.py").write_text("\n".join(lines), encoding="utf-8")
@@ -31,3 +33,6 @@ def write_remote_code_shim(save_directory: str | os.PathLike, config_class: type
         "AutoConfig": f"{SHIM_MODULE}.{config_class.__name__}",
         "AutoModel": f"{SHIM_MODULE}.{model_class.__name__}",
     }
+
+
+IMAGE_PROCESSOR_AUTO_MAP = {"AutoImageProcessor": f"{SHIM_MODULE}.ZSADImageProcessor"}

@@ -25,7 +25,7 @@ from ._utils import (
     warn_undefined,
 )
 
-__all__ = ["binary_clf_curve", "auroc", "average_precision", "f1_max"]
+__all__ = ["binary_clf_curve", "auroc", "average_precision", "f1_max", "f1_optimal_threshold", "fpr_threshold"]
 
 
 def binary_clf_curve(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -89,18 +89,52 @@ def average_precision_from_counts(fps: np.ndarray, tps: np.ndarray) -> float:
     return float(np.sum(np.diff(np.concatenate(([0.0], recall))) * precision))
 
 
-def f1_max_from_counts(fps: np.ndarray, tps: np.ndarray) -> float:
-    """max over PR-curve points of 2PR/(P+R), ignoring undefined points. NaN if no positive."""
-    p = tps[-1]
-    if p == 0:
-        return float("nan")
+def f1_curve(fps: np.ndarray, tps: np.ndarray) -> np.ndarray:
+    """F1 = 2PR/(P+R) at every point of a curve of cumulative counts; NaN where undefined."""
     denom = tps + fps
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(denom > 0, tps / np.maximum(denom, 1), 0.0)
-        recall = tps / p
-        f1 = 2 * precision * recall / (precision + recall)
+        recall = tps / tps[-1]
+        return 2 * precision * recall / (precision + recall)
+
+
+def f1_max_from_counts(fps: np.ndarray, tps: np.ndarray) -> float:
+    """max over PR-curve points of 2PR/(P+R), ignoring undefined points. NaN if no positive."""
+    if tps[-1] == 0:
+        return float("nan")
+    f1 = f1_curve(fps, tps)
     f1 = f1[np.isfinite(f1)]
     return float(max(f1.max(), 0.0)) if f1.size else 0.0
+
+
+def f1_optimal_threshold(fps: np.ndarray, tps: np.ndarray, thresholds: np.ndarray) -> tuple[float, float]:
+    """`(threshold, F1)` of the curve point with the highest F1 (the highest threshold among ties).
+
+    `fps` / `tps` are cumulative counts at the decreasing `thresholds` (positive when `score >= t`), as
+    `binary_clf_curve` and `BinnedPixelCounts.curve` return them. Needs positives and negatives.
+    """
+    if tps[-1] == 0 or fps[-1] == 0:
+        raise ValueError("an F1-optimal threshold needs both normal and anomalous samples")
+    f1 = np.nan_to_num(f1_curve(fps, tps), nan=-1.0)
+    best = int(np.argmax(f1))
+    return float(thresholds[best]), float(max(f1[best], 0.0))
+
+
+def fpr_threshold(fps: np.ndarray, thresholds: np.ndarray, num_negatives: int, fpr: float) -> float:
+    """The lowest of the decreasing `thresholds` at which at most a fraction `fpr` of the negatives
+    reach it (`fps[i]` = negatives with `score >= thresholds[i]`): the (1 - fpr) quantile of their scores.
+
+    When even the highest threshold is reached by more than that, the next float above it (no negative
+    is flagged).
+    """
+    if not 0.0 <= fpr < 1.0:
+        raise ValueError(f"fpr must be within [0, 1); got {fpr}")
+    if num_negatives <= 0:
+        raise ValueError("an FPR threshold needs negative (normal) samples")
+    allowed = np.flatnonzero(fps <= fpr * num_negatives)
+    if allowed.size == 0:
+        return float(np.nextafter(thresholds[0], np.inf))
+    return float(thresholds[allowed[-1]])
 
 
 def auroc(scores: Any, labels: Any) -> float:

@@ -181,6 +181,12 @@ class AdaCLIPModel(ZSADPreTrainedModel):
         context_length = self.prompt_tokens.input_ids.shape[1]
         self.prompt_tokens = TokenizedPrompts(token_ids, context_length).to(self.prompt_tokens.input_ids.device)
 
+    def onnx_export_blocker(self) -> str | None:
+        return (
+            "AdaCLIP's text depends on each image: its dynamic prompts come from the image embedding and its "
+            "prompts are class-aware; the hybrid semantic fusion also clusters each image's patches (K-means)"
+        )
+
     def class_indices(self, categories: str | Sequence[str] | None, batch_size: int) -> list[int]:
         """Index into `config.class_names` of every image's category (one name for all images, or one each)."""
         names = self.config.class_names

@@ -140,6 +140,11 @@ class CraneModel(ZSADPreTrainedModel):
         global embedding `image_embeds (B, P)` (§5.2)."""
         return self.prompt_learner.text_features(self.clip, self.prompt_tokens, image_embeds)
 
+    def onnx_export_blocker(self) -> str | None:
+        if self.conditions_prompts:
+            return "its prompts are conditioned on each image's embedding (prompt_conditioning='always')"
+        return super().onnx_export_blocker()
+
     # ------------------------------------------------------------------ Crane+ guided attention
     def dino_attention_weights(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`(B, N, N)` D-Attn weights from the frozen DINOv2's last-layer patch features (§5.1).

@@ -1,0 +1,4 @@
+from .configuration_daclip import DACLIPConfig
+from .modeling_daclip import DACLIPModel, DACLIPOutput
+
+__all__ = ["DACLIPConfig", "DACLIPModel", "DACLIPOutput"]
