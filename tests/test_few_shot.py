@@ -211,3 +211,27 @@ def test_evaluate_uses_each_categorys_references(backbone16, tmp_path):
         (tmp_path / "refs" / "texture_dots" / "1.png").unlink()
         evaluate_datasets(model, [str(tmp_path / "synthetic")], output_dir=tmp_path / "out2",
                           normal_references=tmp_path / "refs", log=lambda _: None)
+
+
+def test_pipeline_normal_references(backbone16, tmp_path):
+    import numpy as np
+    from PIL import Image
+    from transformers import pipeline
+
+    from zsad.pipeline import register_pipeline
+
+    register_pipeline()
+    model = zsad.ZeroShotCLIPModel.from_backbone(backbone16, image_size=32).eval()
+    detector = pipeline("zero-shot-anomaly-detection", model=model)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(3)]
+    (tmp_path / "good").mkdir()
+    for i, image in enumerate(images[1:]):
+        image.save(tmp_path / "good" / f"{i}.png")
+    from_folder = detector(images[0], normal_references=tmp_path / "good")["score"]
+    from_list = detector(images[0], normal_references=images[1:])["score"]
+    processor = ZSADImageProcessor(image_size=32)
+    model.set_normal_references(torch.stack([processor.preprocess_image(image) for image in images[1:]]))
+    with torch.no_grad():
+        expected = float(model(processor.preprocess_image(images[0])[None]).pred_scores[0])
+    assert abs(from_folder - expected) < 1e-6 and abs(from_list - expected) < 1e-6
