@@ -2,11 +2,11 @@
 
     python examples/make_model_cards.py [--out model_cards]
 
-One card per published variant: each method on the default backbone (openai/clip-vit-large-patch14-336),
-with its default configuration, and every checkpoint that can be built from the authors' released weights
-(`zsad import-checkpoint`; e.g. crane-vit-large-patch14-336-trained-on-mvtec.md), with the configuration
-of the authors' test script and their reported numbers. Models are built on the meta device, so no
-weights are needed.
+One card per published variant: each method on its default backbone (openai/clip-vit-large-patch14-336;
+WinCLIP: openai/clip-vit-base-patch16), with its default configuration, and every checkpoint that can be
+built from the authors' released weights (`zsad import-checkpoint`; e.g.
+crane-vit-large-patch14-336-trained-on-mvtec.md), with the configuration of the authors' test script and
+their reported numbers. Models are built on the meta device, so no weights are needed.
 """
 
 import argparse
@@ -18,16 +18,14 @@ import zsad
 from zsad.hub.import_checkpoint import RELEASED_VARIANTS, released_variant_card
 from zsad.hub.model_card import build_model_card
 
-VARIANT_SUFFIX = "vit-large-patch14-336"
-
-
 def generate(out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, model_class in zsad.MODEL_CLASSES.items():
         with torch.device("meta"):
             model = model_class(model_class.config_class())
-        repo_id = f"zsad/{name.replace('_', '-')}-{VARIANT_SUFFIX}"
+        variant = model.config.backbone_name_or_path.split("/")[-1].removeprefix("clip-")
+        repo_id = f"zsad/{name.replace('_', '-')}-{variant}"
         path = out_dir / f"{repo_id.split('/')[1]}.md"
         build_model_card(model, repo_id=repo_id).save(path)
         written.append(path)

@@ -242,6 +242,11 @@ def analytic_flops(model, batch: int) -> dict[str, float]:
             + 2 * patches * vision.hidden_size**2 * 2 + 2 * patches**2 * vision.hidden_size  # V, out_proj, A V
             + 2 * patches * vision.hidden_size * embed
         )
+    if getattr(config, "window_sizes", None):  # WinCLIP: every k x k window is a tower pass over 1 + k^2 tokens
+        parts["windows"] = batch * sum(
+            (grid - k + 1) ** 2 * (sum(vision_tower_flops(vision, 1 + k * k).values()) + 2 * vision.hidden_size * embed)
+            for k in config.window_sizes
+        )
     if probe["text_sequences_per_image"]:  # prompts that depend on the image: text encoded per image
         ids = model.prompt_tokens
         parts["text (per image)"] = batch * text_flops(config.clip_config.text_config, probe["text_sequences_per_image"], ids.max_length)

@@ -31,6 +31,8 @@ _EXPORTS = {
     "DACLIPOutput": ".models.daclip",
     "HeadCLIPConfig": ".models.headclip",
     "HeadCLIPModel": ".models.headclip",
+    "WinCLIPConfig": ".models.winclip",
+    "WinCLIPModel": ".models.winclip",
     "ZSADConfig": ".modeling_base",
     "ZSADImageProcessor": ".clip.processing",
     "ZSADPreTrainedModel": ".modeling_base",
@@ -44,6 +46,7 @@ _MODEL_CLASS_NAMES = {
     "crane": "CraneModel",
     "daclip": "DACLIPModel",
     "headclip": "HeadCLIPModel",
+    "winclip": "WinCLIPModel",
     "zsad_clip": "ZeroShotCLIPModel",
 }
 __all__ = sorted([*_EXPORTS, "MODEL_CLASSES", "register_auto_classes"])

@@ -192,11 +192,23 @@ def overlay_names(paths: list[Path]) -> list[str]:
     return names
 
 
+def set_reference_folder(model, folder: str, image_size: int) -> None:
+    """`model.set_normal_references` with the images directly inside `folder` (few-shot, docs/few_shot.md)."""
+    from .few_shot import reference_images
+
+    try:
+        model.set_normal_references(reference_images(folder, image_size).to(model.device, model.dtype))
+    except ValueError as error:
+        raise CommandError(f"--normal-references: {error}") from error
+
+
 def _detect_settings(args: argparse.Namespace, image_size_: int) -> dict:
     model = args.model or f"ZeroShotCLIP on {args.backbone or DEFAULT_BACKBONE}"
     settings = {"model": model, "image_size": image_size_, "map_scale": args.map_scale}
     if args.object_name:
         settings["object_name"] = args.object_name
+    if args.normal_references:
+        settings["normal_references"] = str(Path(args.normal_references).resolve())
     return settings
 
 
@@ -254,6 +266,8 @@ def run_detect(args: argparse.Namespace) -> int:
     if size % patch:
         raise CommandError(f"--image-size must be a multiple of the backbone's patch size {patch}, got {size}")
     processor = ZSADImageProcessor(image_size=size)
+    if args.normal_references:
+        set_reference_folder(model, args.normal_references, size)
     settings = _detect_settings(args, size)
     overlay_dir = out_dir / "overlays"
     overlay_dir.mkdir(exist_ok=True)
@@ -357,6 +371,8 @@ def add_detect_command(subparsers) -> None:
     parser.add_argument("--map-scale", choices=MAP_SCALES, default="absolute",
                         help="heat-map colours: absolute probabilities (default), each map's own min..max (image), "
                         "or one min..max shared by the run (run)")
+    parser.add_argument("--normal-references", metavar="DIR",
+                        help="folder of normal images of the inspected class: adds the few-shot memory map (WinCLIP+ style)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run_detect)
 
@@ -373,7 +389,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         model, args.datasets, output_dir=out_dir, split=args.split, categories=args.categories,
         image_size=args.image_size, batch_size=args.batch_size, aupro_mode=args.aupro,
         report_cflow=args.report_cflow, heatmaps_per_category=args.heatmaps_per_category,
-        model_name=args.model or "ZeroShotCLIP",
+        model_name=args.model or "ZeroShotCLIP", normal_references=args.normal_references,
     )
     return 0
 
@@ -394,6 +410,8 @@ def add_evaluate_command(subparsers) -> None:
     parser.add_argument("--report-cflow", action="store_true", help="also report the paper-comparable cflow AUPRO")
     parser.add_argument("--heatmaps-per-category", type=non_negative_int, default=0, metavar="N",
                         help="save N overlays per category, anomalous and normal images alike")
+    parser.add_argument("--normal-references", metavar="DIR",
+                        help="few-shot: normal images of each category in DIR/<category>/ (docs/few_shot.md)")
     parser.set_defaults(func=run_evaluate)
 
 

@@ -90,6 +90,24 @@ def _save_heatmaps(batch, output, folder: Path, saved: dict[tuple[str, int], int
         saved[key] = saved.get(key, 0) + 1
 
 
+def _batches_with_references(model, dataset, processor, batch_size: int, folder: Path):
+    """One category at a time: `set_normal_references` with `folder/<category>/`, then its batches."""
+    from torch.utils.data import DataLoader
+
+    from .data import DataError, collate_fn, with_anomaly_transform
+    from .few_shot import reference_images
+
+    for category in sorted(set(dataset["category"])):
+        try:
+            references = reference_images(folder / category, processor.image_size)
+        except ValueError as error:
+            raise DataError(f"normal references of {category!r}: {error}", folder / category) from error
+        model.set_normal_references(references.to(model.device, model.dtype), category if model.class_aware else None)
+        subset = dataset.filter(lambda name: name == category, input_columns="category")
+        yield from DataLoader(with_anomaly_transform(subset, processor), batch_size=batch_size, collate_fn=collate_fn)
+    model.clear_normal_references()
+
+
 def write_report(results: dict[str, Any], output_dir: str | os.PathLike, *, title: str, extra: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """Write `metrics.json` and `metrics.md` (per-category table + macro average) into `output_dir`."""
     folder = Path(output_dir)
@@ -127,19 +145,24 @@ def evaluate_datasets(
     heatmaps_per_category: int = 0,
     accelerator=None,
     model_name: str | None = None,
+    normal_references: str | os.PathLike | None = None,
     log=print,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate `model` on every dataset in `sources`; write `<output_dir>/<name>/metrics.{json,md}`.
 
     Class-aware models (AdaCLIP) get prompts for every category of the datasets first. With an
     `accelerator`, the model and each dataloader are prepared here and the metrics of all processes
-    are merged. Returns `{source: results}`.
+    are merged. With `normal_references` (a folder), each category is scored few-shot with the
+    images in `normal_references/<category>/` (docs/few_shot.md; one process only). Returns
+    `{source: results}`.
     """
     from torch.utils.data import DataLoader
 
     from .clip.processing import ZSADImageProcessor
     from .data import collate_fn, load_anomaly_dataset, with_anomaly_transform
 
+    if normal_references is not None and accelerator is not None:
+        raise ValueError("evaluation with normal references runs in one process (no accelerator)")
     datasets = {source: load_anomaly_dataset(source, split=split, categories=categories) for source in sources}
     if model.class_aware:
         model.set_class_names(sorted({name for ds in datasets.values() for name in ds["category"]}))
@@ -150,7 +173,10 @@ def evaluate_datasets(
         model = accelerator.prepare(model)
     all_results = {}
     for source, dataset in datasets.items():
-        dataloader = DataLoader(with_anomaly_transform(dataset, processor), batch_size=batch_size, collate_fn=collate_fn)
+        if normal_references is not None:
+            dataloader = _batches_with_references(model, dataset, processor, batch_size, Path(normal_references))
+        else:
+            dataloader = DataLoader(with_anomaly_transform(dataset, processor), batch_size=batch_size, collate_fn=collate_fn)
         if accelerator is not None:
             dataloader = accelerator.prepare(dataloader)
         folder = Path(output_dir) / (Path(source).name or source.replace("/", "__"))

@@ -26,10 +26,12 @@ from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput
 from .clip.processing import ZSADImageProcessor
 from .clip.text import TokenizedPrompts
 from .clip.vision import DENSE_ATTENTION_KINDS, VisionFeatures, encode_image
+from .few_shot import REFERENCE_FUSIONS, NormalReferences, association_scores, fuse, split_categories
 from .hub.remote_code import IMAGE_PROCESSOR_AUTO_MAP, write_remote_code_shim
 from .scoring import (
     JOINT_SCORE_POOLINGS,
     anomaly_maps_from_probabilities,
+    gaussian_blur,
     joint_anomaly_scores,
     similarity_logits,
     upsample_patch_scores,
@@ -123,6 +125,9 @@ class ZSADConfig(PreTrainedConfig):
             `pred_labels = pred_scores >= image_threshold` (`zsad calibrate` sets it, docs/inference.md).
         pixel_threshold: decision threshold on `anomaly_maps`; when set, outputs add
             `pred_masks = anomaly_maps >= pixel_threshold`.
+        reference_fusion: with normal references set (`set_normal_references`), how the memory map and
+            its maximum combine with the zero-shot map and score: `mean` (WinCLIP+), `memory_only`,
+            `zero_shot_only` (docs/few_shot.md).
     """
 
     model_type = "zsad"
@@ -150,6 +155,7 @@ class ZSADConfig(PreTrainedConfig):
     backbone_hidden_act: str | None = None
     image_threshold: float | None = None
     pixel_threshold: float | None = None
+    reference_fusion: str = "mean"
 
     def __post_init__(self, **kwargs):
         if self.clip_config is None:
@@ -215,6 +221,8 @@ class ZSADConfig(PreTrainedConfig):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number or None; got {value!r}")
+        if self.reference_fusion not in REFERENCE_FUSIONS:
+            raise ValueError(f"reference_fusion must be one of {REFERENCE_FUSIONS}; got {self.reference_fusion!r}")
 
 
 @dataclass
@@ -271,6 +279,7 @@ class ZSADPreTrainedModel(PreTrainedModel):
     3. `patch_logits` and `image_logits`: similarities of the patches / the image to the text;
     4. `map_probabilities`: `(B, 2, H, W)` maps at the input size, blurred into `anomaly_maps`;
     5. `image_scores`: `pred_scores` from the image logits (and the map, for the joint score);
+       `fuse_normal_references`: with normal references set, fuse in the memory map (docs/few_shot.md);
     6. `loss_probabilities` + `compute_loss` (+ `auxiliary_losses`) when targets are given.
 
     Subclasses provide at least `compute_text_features()` and, when trainable, `compute_loss()`.
@@ -296,6 +305,7 @@ class ZSADPreTrainedModel(PreTrainedModel):
         self.clip = CLIPModel(config.clip_config)
         self.clip.requires_grad_(False)
         self._text_cache: tuple[tuple, torch.Tensor] | None = None
+        self._normal_references: NormalReferences | None = None
 
     # ------------------------------------------------------------------ weights and checkpoints
     @torch.no_grad()
@@ -468,6 +478,106 @@ class ZSADPreTrainedModel(PreTrainedModel):
         """
         return {"adapters": [p for p in self.parameters() if p.requires_grad]}
 
+    # ------------------------------------------------------------------ normal references (few-shot)
+    @property
+    def normal_references(self) -> NormalReferences | None:
+        """The memory set by `set_normal_references` / `load_normal_references`, or None (zero-shot)."""
+        return self._normal_references
+
+    @torch.no_grad()
+    def set_normal_references(
+        self,
+        pixel_values: torch.Tensor,
+        categories: str | Sequence[str] | None = None,
+        *,
+        batch_size: int = 8,
+        dtype: torch.dtype = torch.float32,
+    ) -> NormalReferences:
+        """Store the dense features of k normal images `(k, 3, H, W)` as the memory (WinCLIP+, §4.3).
+
+        The features are those of the `image_features` step (`reference_features`), so every model gets
+        its own: AdaCLIP's projected tokens, Crane+'s guided map, WinCLIP's windows. Later forwards add
+        the memory map (`config.reference_fusion`). Images run `batch_size` at a time; `dtype=float16`
+        halves the memory. Replaces any earlier references; not part of the checkpoint.
+        """
+        _check_pixel_values(pixel_values, self.config.clip_config.vision_config.patch_size, "normal reference images")
+        if pixel_values.shape[0] == 0:
+            raise ValueError("set_normal_references needs at least one normal reference image")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        chunks = pixel_values.split(batch_size)
+        banks: list[list[torch.Tensor]] = []
+        for chunk, chunk_categories in zip(chunks, split_categories(categories, [len(c) for c in chunks])):
+            features = self.image_features(chunk.to(self.device, self.dtype), chunk_categories)
+            for index, group in enumerate(self.reference_features(features)):
+                if index == len(banks):
+                    banks.append([])
+                banks[index].append(F.normalize(group.float(), dim=-1).flatten(0, 1).to(dtype))
+        self._normal_references = NormalReferences(
+            tuple(torch.cat(bank) for bank in banks),
+            tuple(pixel_values.shape[-2:]),
+            pixel_values.shape[0],
+            self.config.model_type,
+        )
+        return self._normal_references
+
+    def clear_normal_references(self) -> None:
+        """Forget the normal references: forwards are zero-shot again."""
+        self._normal_references = None
+
+    def save_normal_references(self, path: str | os.PathLike) -> None:
+        """Write the memory to one safetensors file (it is never part of `save_pretrained`)."""
+        if self._normal_references is None:
+            raise ValueError("this model has no normal references to save: call set_normal_references(...) first")
+        self._normal_references.save(path)
+
+    def load_normal_references(self, path: str | os.PathLike) -> NormalReferences:
+        """Read a memory written by `save_normal_references` of a model of the same type (and configuration)."""
+        references = NormalReferences.load(path)
+        if references.model_type != self.config.model_type:
+            raise ValueError(
+                f"these normal references were computed by a {references.model_type!r} model; "
+                f"this model is {self.config.model_type!r}"
+            )
+        self._normal_references = references.to(self.device)
+        return self._normal_references
+
+    def reference_features(self, features: VisionFeatures) -> list[torch.Tensor]:
+        """The `(B, n, P)` feature groups stored by `set_normal_references`, one memory bank each;
+        default: every dense map (feature layers, then guided-attention outputs)."""
+        return [*features.patch_embeds, *features.guided_patch_embeds]
+
+    def memory_patch_scores(self, scores: list[torch.Tensor], grid_size: tuple[int, int]) -> torch.Tensor:
+        """`(B, N)` patch scores from the association scores of every bank; default: their mean."""
+        return torch.stack(scores).mean(dim=0)
+
+    def memory_maps(self, features: VisionFeatures, size: tuple[int, int]) -> torch.Tensor:
+        """`(B, H, W)` memory map: per patch the visual association score with the normal references
+        (`1/2 (1 - max cos)`, WinCLIP Eq. 4), upsampled and blurred like the zero-shot map."""
+        references = self._normal_references
+        if references is None:
+            raise ValueError("this model has no normal references: call set_normal_references(...) first")
+        if tuple(size) != tuple(references.image_size):
+            height, width = references.image_size
+            raise ValueError(
+                f"the normal references are {height}x{width} images but these are {size[0]}x{size[1]}: "
+                "process both at the same size"
+            )
+        queries = self.reference_features(features)
+        shapes = [bank.shape[-1] for bank in references.banks]
+        if shapes != [q.shape[-1] for q in queries]:
+            raise ValueError(
+                f"the normal references hold features of widths {shapes}; this model makes "
+                f"{[q.shape[-1] for q in queries]} (references of another model or configuration?)"
+            )
+        device = queries[0].device
+        if references.banks[0].device != device:
+            references = self._normal_references = references.to(device)
+        scores = [association_scores(q, bank) for q, bank in zip(queries, references.banks)]
+        patch_scores = self.memory_patch_scores(scores, features.grid_size)
+        maps = upsample_patch_scores(patch_scores.unsqueeze(-1), features.grid_size, size)[:, 0]
+        return gaussian_blur(maps, self.config.gaussian_sigma)
+
     # ------------------------------------------------------------------ forward pieces
     def encode_image(self, pixel_values: torch.Tensor, **options: Any) -> VisionFeatures:
         """One vision pass: global embedding + dense patch embeddings at `config.feature_layers`.
@@ -544,6 +654,17 @@ class ZSADPreTrainedModel(PreTrainedModel):
             global_scores, anomaly_maps, cfg.joint_score_alpha, cfg.joint_score_pooling, cfg.joint_score_topk_fraction
         )
 
+    def fuse_normal_references(
+        self, features: VisionFeatures, anomaly_maps: torch.Tensor, pred_scores: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step 5 (few-shot): with normal references, fuse the memory map into `anomaly_maps` and its
+        maximum into `pred_scores` by `config.reference_fusion` (WinCLIP+, §4.3); else unchanged."""
+        fusion = self.config.reference_fusion
+        if self._normal_references is None or fusion == "zero_shot_only":
+            return anomaly_maps, pred_scores
+        memory = self.memory_maps(features, tuple(anomaly_maps.shape[-2:]))
+        return fuse(anomaly_maps, memory, fusion), fuse(pred_scores, memory.flatten(1).amax(dim=1), fusion)
+
     def loss_probabilities(
         self,
         patch_logits: list[torch.Tensor],
@@ -591,6 +712,7 @@ class ZSADPreTrainedModel(PreTrainedModel):
         map_probabilities = self.map_probabilities(patch_logits, features.grid_size, size)
         anomaly_maps = anomaly_maps_from_probabilities(map_probabilities, self.config.gaussian_sigma)
         pred_scores = self.image_scores(image_logits, anomaly_maps)
+        anomaly_maps, pred_scores = self.fuse_normal_references(features, anomaly_maps, pred_scores)
         return ScoredImages(features, patch_logits, image_logits, map_probabilities, anomaly_maps, pred_scores)
 
     def decisions(self, pred_scores: torch.Tensor, anomaly_maps: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -693,13 +815,13 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _check_pixel_values(pixel_values: torch.Tensor, patch_size: int) -> None:
+def _check_pixel_values(pixel_values: torch.Tensor, patch_size: int, name: str = "pixel_values") -> None:
     if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
         shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values)
-        raise ValueError(f"pixel_values must be a (B, 3, H, W) tensor; got {shape}")
+        raise ValueError(f"{name} must be a (B, 3, H, W) tensor of RGB images; got shape {shape}")
     height, width = pixel_values.shape[-2:]
     if height % patch_size or width % patch_size:
-        raise ValueError(f"image height and width must be multiples of the patch size {patch_size}; got {height}x{width}")
+        raise ValueError(f"{name}: height and width must be multiples of the patch size {patch_size}; got {height}x{width}")
 
 
 def _check_targets(

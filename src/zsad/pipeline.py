@@ -7,6 +7,7 @@ a tensor, and the predicted mask (when the config has `pixel_threshold`). See do
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ from transformers import AutoModel, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .clip.processing import ImageInput, load_image, to_rgb
+from .few_shot import reference_images
 from .modeling_base import LABELS, exceeds
 
 TASK = "zero-shot-anomaly-detection"
@@ -47,7 +49,23 @@ class ZeroShotAnomalyDetectionPipeline(Pipeline):
         if self.image_processor is None:
             self.image_processor = self.model.image_processor()
 
-    def __call__(self, inputs: ImageInput | Sequence[ImageInput], categories: str | Sequence[str] | None = None, **kwargs: Any):
+    def __call__(
+        self,
+        inputs: ImageInput | Sequence[ImageInput],
+        categories: str | Sequence[str] | None = None,
+        normal_references: str | os.PathLike | Sequence[ImageInput] | None = None,
+        **kwargs: Any,
+    ):
+        """`normal_references` (a folder, or a list of images) sets the model's few-shot memory before
+        scoring (`model.set_normal_references`; kept for later calls until `model.clear_normal_references()`,
+        docs/few_shot.md)."""
+        if normal_references is not None:
+            if isinstance(normal_references, (str, os.PathLike)):
+                pixels = reference_images(normal_references, self.image_processor.image_size)
+            else:
+                pixels = torch.stack([self.image_processor.preprocess_image(image) for image in normal_references])
+            shared = categories if isinstance(categories, str) else None
+            self.model.set_normal_references(pixels.to(self.model.device, self.model.dtype), shared)
         many = isinstance(inputs, (list, tuple))
         items = list(inputs) if many else [inputs]
         if categories is None or isinstance(categories, str):

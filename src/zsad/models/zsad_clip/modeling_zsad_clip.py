@@ -14,6 +14,13 @@ from ...clip.text import TokenizedPrompts, encode_text
 from ...modeling_base import ZSADPreTrainedModel
 from .configuration_zsad_clip import ANOMALY_STATES, NORMAL_STATES, ZeroShotCLIPConfig, ensemble_sentences
 
+WINCLIP_CITATION = """@inproceedings{jeong2023winclip,
+  title = {WinCLIP: Zero-/Few-Shot Anomaly Classification and Segmentation},
+  author = {Jeong, Jongheon and Zou, Yang and Kim, Taewan and Zhang, Dongqing and Ravichandran, Avinash and Dabeer, Onkar},
+  booktitle = {CVPR},
+  year = {2023}
+}"""
+
 
 class ZeroShotCLIPModel(ZSADPreTrainedModel):
     config_class = ZeroShotCLIPConfig
@@ -23,9 +30,7 @@ class ZeroShotCLIPModel(ZSADPreTrainedModel):
         "summary": "training-free CLIP with V-V dense attention and the WinCLIP prompt ensemble.",
         "paper": "baseline of [AnomalyCLIP](https://arxiv.org/abs/2310.18961) (prompt ensemble of WinCLIP, "
         "[arXiv 2303.14814](https://arxiv.org/abs/2303.14814))",
-        "citation": "@inproceedings{jeong2023winclip,\n  title = {WinCLIP: Zero-/Few-Shot Anomaly Classification and "
-        "Segmentation},\n  author = {Jeong, Jongheon and Zou, Yang and Kim, Taewan and Zhang, Dongqing and "
-        "Ravichandran, Avinash and Dabeer, Onkar},\n  booktitle = {CVPR},\n  year = {2023}\n}",
+        "citation": WINCLIP_CITATION,
         "training_data": "none (training-free)",
     }
 
