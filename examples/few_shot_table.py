@@ -1,7 +1,7 @@
 """Zero-shot vs. k normal references (k = 0, 1, 4, 16) on MVTec-layout data: the table of docs/few_shot.md.
 
-    python examples/few_shot_table.py ../shared/data/magnetic_tile ../shared/data/mpdd_metal_plate \
-        --architecture ../shared/clip-tokenizer [--backbone DIR] [--per-class 20] [--image-size 224] [--models ...]
+    python examples/few_shot_table.py DATA/magnetic_tile DATA/mpdd_metal_plate \
+        --architecture CLIP_ARCH [--backbone DIR] [--per-class 20] [--image-size 224] [--models ...]
 
 For ZeroShotCLIP, AnomalyCLIP and WinCLIP on one CLIP backbone, every dataset (MVTec AD layout, one
 category each) is scored without references and with the first k normal references (sorted by name)
@@ -59,12 +59,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("datasets", nargs="+", type=Path, help="MVTec-layout folders, one category each")
     parser.add_argument("--backbone", help="CLIP folder or Hub id (default: a random CLIP, see --architecture)")
-    parser.add_argument("--architecture", default="../shared/clip-tokenizer", help="config.json + tokenizer of the random CLIP")
+    parser.add_argument("--architecture", help="folder with a CLIP config.json + tokenizer for the random CLIP "
+                        "(needed without --backbone)")
     parser.add_argument("--per-class", type=int, default=20, help="normal and anomalous test images per dataset")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     args = parser.parse_args()
+    if not (args.backbone or args.architecture):
+        parser.error("pass --backbone DIR (a CLIP) or --architecture DIR (config.json + tokenizer of a random CLIP)")
     torch.manual_seed(args.seed)
     with tempfile.TemporaryDirectory() as scratch:
         backbone = args.backbone or str(save_random_backbone(args.architecture, Path(scratch) / "clip", seed=args.seed))

@@ -147,8 +147,10 @@ def _position_table(embeddings, grid: tuple[int, int], mode: str) -> Tensor:
     return torch.cat([table[:1], resized])
 
 
-def _attention_heads(q: Tensor, k: Tensor, v: Tensor, heads: int, kinds: Sequence[str], causal: bool = False):
-    """Per head: standard softmax(QK^T/sqrt d)V and, when `kinds`, sum_x softmax(XX^T/sqrt d) V."""
+def _attention_heads(q: Tensor, k: Tensor, v: Tensor, heads: int, kinds: Sequence[str], causal: bool = False,
+                     weights: Tensor | None = None, dense_weights: Tensor | None = None):
+    """Per head: standard softmax(QK^T/sqrt d)V and, when `kinds`, sum_x softmax(XX^T/sqrt d) V; head h's
+    outputs times `weights[:, h]` / `dense_weights[:, h]` (`(B, H)`, HeadCLIP §4.2) when given."""
     width = q.shape[-1]
     d = width // heads
     standard, dense = [], []
@@ -160,11 +162,13 @@ def _attention_heads(q: Tensor, k: Tensor, v: Tensor, heads: int, kinds: Sequenc
         scores = qh @ kh.transpose(-1, -2) / math.sqrt(d)
         if mask is not None:
             scores = scores.masked_fill(mask, float("-inf"))
-        standard.append(softmax(scores) @ vh)
+        scale = 1.0 if weights is None else weights[:, h, None, None].to(DTYPE)
+        standard.append(softmax(scores) @ vh * scale)
         if kinds:
             projected = {"q": qh, "k": kh, "v": vh}
-            weights = sum(softmax(projected[x] @ projected[x].transpose(-1, -2) / math.sqrt(d)) for x in kinds)
-            dense.append(weights @ vh)
+            correlation = sum(softmax(projected[x] @ projected[x].transpose(-1, -2) / math.sqrt(d)) for x in kinds)
+            dense_scale = 1.0 if dense_weights is None else dense_weights[:, h, None, None].to(DTYPE)
+            dense.append(correlation @ vh * dense_scale)
     return torch.cat(standard, dim=-1), (torch.cat(dense, dim=-1) if kinds else None)
 
 
@@ -180,6 +184,8 @@ def vision_tower(
     project_patches: bool = True,
     visual_prompts: Mapping[int, Tensor] | None = None,
     guided_attention: tuple[int, Tensor, str] | None = None,
+    head_weights: Mapping[int, Tensor] | None = None,
+    dense_head_weights: Mapping[int, Tensor] | None = None,
 ) -> VisionOutput:
     """The CLIP vision tower by hand (float64 `clip`).
 
@@ -206,7 +212,10 @@ def vision_tower(
         normed = layer.layer_norm1(hidden)
         q, k, v = attention.q_proj(normed), attention.k_proj(normed), attention.v_proj(normed)
         active = bool(kinds) and index >= dense_start_layer
-        standard, dense_heads = _attention_heads(q, k, v, attention.num_heads, kinds if active else ())
+        standard, dense_heads = _attention_heads(
+            q, k, v, attention.num_heads, kinds if active else (),
+            weights=(head_weights or {}).get(index), dense_weights=(dense_head_weights or {}).get(index),
+        )
         attended = hidden + attention.out_proj(standard)
         if guided_attention is not None and guided_attention[0] == index:
             _, weights, source = guided_attention
@@ -383,6 +392,36 @@ def anomalyclip(model, pixels, *, categories=None, masks=None, labels=None, trai
         return _global_text_pipeline(model, pixels, text, vision, masks, labels, cfg.local_loss_weight)
 
 
+def headclip(model, pixels, *, categories=None, masks=None, labels=None, training=False) -> Expected:
+    """HeadCLIP (§4.2, our design): AnomalyCLIP with head h of layer l scaled by w_{l,h} (standard and dense
+    tables, rows in that order), w = 1 + delta or 1 + G(e0 / |e0|) from the prompt-free pass; joint score
+    alpha * p_global + (1 - alpha) * pool(map)."""
+    cfg, clip = model.config, float64_copy(model.clip)
+    state = {k: v.to(DTYPE) for k, v in model.state_dict().items()}
+    heads = cfg.clip_config.vision_config.num_attention_heads
+    with torch.no_grad():
+        if cfg.head_weight_mode == "static":
+            weights = (1 + state["head_weights.delta"]).unsqueeze(0).expand(pixels.shape[0], -1, -1)
+        else:
+            e0 = vision_from_config(clip, pixels, cfg, feature_layers=[], dense_attention=None).global_embeds
+            delta = linear(normalize(e0), state["head_weights.generator.weight"], state["head_weights.generator.bias"])
+            weights = 1 + delta.view(pixels.shape[0], -1, heads)
+        standard_layers = list(cfg.head_weight_layers)
+        table = dict(zip(standard_layers, weights.unbind(1)[: len(standard_layers)]))
+        dense_table = dict(zip(cfg.dense_head_weight_layers, weights.unbind(1)[len(standard_layers):]))
+        text = object_agnostic_text(clip, state, cfg)
+        vision = vision_from_config(clip, pixels, cfg, head_weights=table, dense_head_weights=dense_table)
+        expected = _global_text_pipeline(model, pixels, text, vision, masks, labels, cfg.local_loss_weight)
+    if cfg.image_score == "joint":
+        flat = expected.anomaly_maps.flatten(1)
+        if cfg.joint_score_pooling == "max":
+            pooled = flat.max(dim=1).values
+        else:
+            pooled = flat.sort(dim=1, descending=True).values[:, : max(1, round(cfg.joint_score_topk_fraction * flat.shape[1]))].mean(1)
+        expected.pred_scores = cfg.joint_score_alpha * expected.pred_scores + (1 - cfg.joint_score_alpha) * pooled
+    return expected
+
+
 def farthest_point_kmeans(points: np.ndarray, clusters: int, iterations: int) -> np.ndarray:
     """K-means (§3.3, deterministic as §11.7): centers seeded at the first point, then repeatedly at the
     point farthest from all centers; Lloyd iterations; an emptied cluster keeps its center. Labels `(M,)`."""
@@ -550,4 +589,5 @@ REFERENCES: dict[str, Reference] = {
     "zsad_anomalyclip": anomalyclip,
     "zsad_adaclip": adaclip,
     "zsad_crane": crane,
+    "zsad_headclip": headclip,
 }

@@ -14,7 +14,7 @@ import torch
 from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
 import zsad
-from zsad import AdaCLIPModel, AnomalyCLIPModel, CraneModel, ZeroShotCLIPModel
+from zsad import AdaCLIPModel, AnomalyCLIPModel, CraneModel, HeadCLIPModel, ZeroShotCLIPModel
 from zsad.testing import randomize_biases_and_norms, save_tiny_backbone
 
 from reference_pipelines import REFERENCES
@@ -32,6 +32,8 @@ CASES = {
     "crane": (CraneModel, {}, None),
     "crane_conditioned": (CraneModel, {"prompt_conditioning": "always"}, None),
     "crane_plus": (CraneModel, {"dino_attention": True}, None),
+    "headclip": (HeadCLIPModel, {}, None),
+    "headclip_dynamic_dense": (HeadCLIPModel, {"head_weight_mode": "dynamic", "head_weight_streams": "dense"}, None),
 }
 
 
@@ -68,7 +70,7 @@ def models(backbone, dino_backbone):
             generator = torch.Generator().manual_seed(1)
             with torch.no_grad():
                 for name, parameter in model.named_parameters():
-                    if parameter.requires_grad and ("prompt" in name):
+                    if parameter.requires_grad and ("prompt" in name or "head_weights" in name):
                         parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
             built[case] = model
         return built[case]
@@ -87,7 +89,6 @@ def _assert_close(ours: torch.Tensor, expected: torch.Tensor, what: str) -> None
 
 # Methods whose independent reference their author still owes (issue 9 asks one of every method).
 PENDING = {
-    "zsad_headclip": "issue 11 (HeadCLIP landed after the references were written)",
     "zsad_daclip": "issue 10 (DA-CLIP landed after the references were written)",
     "zsad_winclip": "issue 16 (WinCLIP landed after the references were written)",
 }
@@ -121,7 +122,7 @@ def test_maps_and_scores_equal_the_independent_reference(models, case):
     _assert_close(out.image_logits.softmax(-1), expected.image_logits.softmax(-1), "image probabilities")
 
 
-@pytest.mark.parametrize("case", ["anomalyclip", "adaclip_hsf", "crane", "crane_plus"])
+@pytest.mark.parametrize("case", ["anomalyclip", "adaclip_hsf", "crane", "crane_plus", "headclip"])
 def test_training_loss_equals_the_independent_reference(models, case):
     """The loss (METHODS.md §2.5, §3.4, §5.4) from the reference's own logits, in training mode (Crane
     conditions its prompts there)."""

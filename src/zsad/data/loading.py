@@ -202,8 +202,8 @@ def load_anomaly_datasets(
 ) -> datasets.Dataset:
     """Several anomaly datasets as one training set, rows concatenated in the order given.
 
-    AdaCLIP trains on two auxiliary datasets at once (MVTec AD + ColonDB, or VisA + ClinicDB; METHODS.md
-    §1). Each source is read by `load_anomaly_dataset` with the same `split` (required with several
+    AdaCLIP trains on two auxiliary datasets at once (MVTec AD + ColonDB, or VisA + ClinicDB, as
+    the AdaCLIP authors' corrected protocol says). Each source is read by `load_anomaly_dataset` with the same `split` (required with several
     sources); columns missing from a source (e.g. `mask` of image-level data) are filled with None, and
     the `dataset` column keeps each row's origin. `categories` selects from the union of the sources:
     every name must exist in at least one. One source gives `load_anomaly_dataset`'s result unchanged.
