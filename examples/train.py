@@ -16,6 +16,7 @@ import math
 import os
 import shlex
 import shutil
+import signal
 import sys
 import warnings
 
@@ -151,6 +152,21 @@ def resume_command(argv):
     return shlex.join(["accelerate", "launch", sys.argv[0], *argv, "--resume_from_checkpoint", "latest"])
 
 
+
+def deferred_interrupt() -> dict:
+    """Make Ctrl-C stop training at the end of the current step (the loop checks `["requested"]`), so the
+    saved state and train_log.jsonl agree; a second Ctrl-C interrupts at once."""
+    stop = {"requested": False, "previous": signal.getsignal(signal.SIGINT)}
+
+    def request(signum, frame):
+        if stop["requested"]:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+
+    signal.signal(signal.SIGINT, request)
+    return stop
+
+
 def main(argv=None):
     args = parse_args(argv)
     return run_command("train.py", lambda: train(args, argv), debug=args.debug)
@@ -223,6 +239,7 @@ def train(args, argv=None):
     progress = tqdm(total=max_train_steps, initial=global_step, desc="train", disable=not accelerator.is_local_main_process)
     model.train()
     saved_step, epoch = global_step, first_epoch
+    stop = deferred_interrupt()
     try:
         for epoch in range(first_epoch, num_epochs):
             # Accelerate's loaders pass their own epoch counter to the sampler: set it on the loader itself,
@@ -250,11 +267,14 @@ def train(args, argv=None):
                 if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps:
                     save_checkpoint(accelerator, global_step, epoch)
                     saved_step = global_step
+                if stop["requested"]:  # Ctrl-C: stop between steps, with the log and the state in agreement
+                    raise KeyboardInterrupt
                 if global_step >= max_train_steps:
                     break
             if global_step >= max_train_steps:
                 break
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, stop["previous"])
         progress.close()
         if global_step == 0:
             accelerator.print("train.py: interrupted before the first step; nothing to save", file=sys.stderr)
@@ -263,6 +283,7 @@ def train(args, argv=None):
         accelerator.print(f"train.py: interrupted at step {global_step}; state saved in {saved}; to resume: "
                           f"{resume_command(argv)}", file=sys.stderr)
         return 130
+    signal.signal(signal.SIGINT, stop["previous"])
     progress.close()
 
     accelerator.wait_for_everyone()

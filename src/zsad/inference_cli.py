@@ -15,16 +15,17 @@ DEFAULT_FPR = 0.01  # also the default of zsad.calibration's functions
 
 def run_calibrate(args: argparse.Namespace) -> int:
     from .calibration import calibrate_dataset, write_thresholds
-    from .cli import CommandError, load_detector, resolve_device
+    from .cli import CommandError, check_sources, load_detector, resolve_device
     from .data import DataError
 
-    local = args.model is not None and (Path(args.model) / "config.json").is_file()
-    if args.out is None and not local:
-        raise CommandError("--out is needed unless --model is a local checkpoint folder (whose config.json is updated)")
     if args.batch_size < 1:
         raise CommandError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not 0.0 <= args.fpr < 1.0:
         raise CommandError(f"--fpr must be within [0, 1), got {args.fpr}")
+    check_sources(args.model, args.backbone)  # a mistyped path is named before anything else
+    local = args.model is not None and (Path(args.model) / "config.json").is_file()
+    if args.out is None and not local:
+        raise CommandError("--out is needed unless --model is a local checkpoint folder (whose config.json is updated)")
     model = load_detector(args.model, args.backbone, args.object_name).to(resolve_device(args.device))
     try:
         calibration = calibrate_dataset(
@@ -78,6 +79,9 @@ def run_export(args: argparse.Namespace) -> int:
         import onnxscript  # noqa: F401
     except ImportError as error:
         raise CommandError(f"ONNX export needs the export extra: pip install 'zsad[export]' ({error})") from error
+    from .cli_utils import local_path_or_hub_id
+
+    local_path_or_hub_id(args.model, "MODEL")  # a mistyped path is named as the positional argument
     model = load_detector(args.model, args.backbone, None)
     try:
         path = export_onnx(model, args.out, opset_version=args.opset)
