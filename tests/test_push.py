@@ -1,19 +1,15 @@
-"""`zsad push` against an in-process mock Hub (ECOSYSTEM.md §6.3): a model folder goes up as one model-repo
+"""`zsad push` against an in-process mock Hub: a model folder goes up as one model-repo
 commit (config, adapter safetensors, card, shim) and pulls back to identical outputs; a `zsad convert`
 folder goes up as a dataset repo (parquet + a card whose counts match the data)."""
 
-import base64
 import json
 import re
 from collections import Counter
 from pathlib import Path
 
-import httpx2
 import pytest
 import torch
-from huggingface_hub import DatasetCard, ModelCard, constants
-from huggingface_hub.utils import close_session, set_client_factory
-from huggingface_hub.utils._http import default_client_factory
+from huggingface_hub import DatasetCard, ModelCard
 from transformers import AutoModel
 
 from zsad import AnomalyCLIPModel
@@ -21,51 +17,7 @@ from zsad.cli import main
 from zsad.data import convert_mvtec
 from zsad.data.synthetic import write_synthetic_mvtec
 
-COMMIT_OID = "89abcdef0123456789abcdef0123456789abcdef"
-
-
-class MockHub:
-    """Answers `create_repo` and `create_commit` for model and dataset repositories; records every commit."""
-
-    def __init__(self):
-        self.created = []
-        self.commits = []
-        self.requests = []
-
-    def __call__(self, request: httpx2.Request) -> httpx2.Response:
-        path = request.url.path
-        self.requests.append(f"{request.method} {path}")
-        if request.method == "POST" and path == "/api/repos/create":
-            body = json.loads(request.content)
-            repo = f"{body.get('organization') or 'user'}/{body['name']}"
-            self.created.append({"repo": repo, "type": body.get("type", "model"), "visibility": body.get("visibility")})
-            return httpx2.Response(200, json={"url": f"https://huggingface.co/{repo}", "name": repo, "id": repo})
-        if request.method == "POST" and path == "/api/validate-yaml":
-            return httpx2.Response(200, json={"errors": [], "warnings": []})
-        match = re.fullmatch(r"/api/(models|datasets)/(.+)/(preupload|commit)/main", path)
-        if request.method == "POST" and match and match.group(3) == "preupload":
-            files = json.loads(request.content)["files"]
-            return httpx2.Response(200, json={"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
-        if request.method == "POST" and match:
-            lines = [json.loads(line) for line in request.content.decode().splitlines() if line.strip()]
-            files = {e["value"]["path"]: base64.b64decode(e["value"]["content"]) for e in lines if e["key"] == "file"}
-            self.commits.append({"type": match.group(1), "repo": match.group(2), "files": files})
-            prefix = "datasets/" if match.group(1) == "datasets" else ""
-            url = f"https://huggingface.co/{prefix}{match.group(2)}/commit/{COMMIT_OID}"
-            return httpx2.Response(200, json={"commitUrl": url, "commitOid": COMMIT_OID})
-        return httpx2.Response(404, json={"error": f"mock hub: {request.method} {path} not handled"})
-
-
-@pytest.fixture()
-def mock_hub(monkeypatch):
-    hub = MockHub()
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setenv("HF_TOKEN", "hf_mock_token")
-    set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(hub), base_url="https://huggingface.co"))
-    close_session()
-    yield hub
-    set_client_factory(default_client_factory)
-    close_session()
+from mock_hub import COMMIT_OID, mock_hub  # noqa: F401  (fixture)
 
 
 def run_cli(capsys, *argv):
