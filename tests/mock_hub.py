@@ -1,5 +1,5 @@
 """An in-process mock of the few Hub endpoints `create_repo` and commits use (model and dataset repos),
-shared by the publishing tests; the `mock_hub` fixture (conftest.py) routes huggingface_hub to it."""
+shared by the publishing tests, which import the `mock_hub` fixture that routes huggingface_hub to it."""
 
 import base64
 import json
