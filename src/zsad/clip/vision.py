@@ -147,10 +147,12 @@ def dual_path_attention(
     q = _split_heads(attention.q_proj(hidden_states), heads)
     k = _split_heads(attention.k_proj(hidden_states), heads)
     v = _split_heads(attention.v_proj(hidden_states), heads)
-    projected = {"q": q, "k": k, "v": v}
-    queries = torch.cat([q] + [projected[x] for x in dense_kinds])
-    keys = torch.cat([k] + [projected[x] for x in dense_kinds])
-    values = v.repeat(1 + len(dense_kinds), 1, 1, 1) if dense_kinds else v
+    queries, keys, values = q, k, v
+    if dense_kinds:
+        projected = {"q": q, "k": k, "v": v}
+        queries = torch.cat([q] + [projected[x] for x in dense_kinds])
+        keys = torch.cat([k] + [projected[x] for x in dense_kinds])
+        values = v.repeat(1 + len(dense_kinds), 1, 1, 1)
     out = F.scaled_dot_product_attention(queries, keys, values, scale=attention.scale)
     batch = hidden_states.shape[0]
     if dense_kinds:  # W_O(sum_x A_x V) + b: sum the self-correlations before the one dense out_proj
