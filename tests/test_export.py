@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from zsad import AdaCLIPModel, AnomalyCLIPModel, CraneModel, HeadCLIPModel, ZeroShotCLIPModel
+from zsad import AdaCLIPModel, AnomalyCLIPModel, CraneModel, HeadCLIPModel, WinCLIPModel, ZeroShotCLIPModel
 from zsad.cli import main
 
 ort = pytest.importorskip("onnxruntime", reason="ONNX export tests need the export extra: pip install 'zsad[export]'")
@@ -38,8 +38,9 @@ def trained_stand_in(model):
         (CraneModel, {}),
         (HeadCLIPModel, {}),  # static head weights, joint image score
         (HeadCLIPModel, {"head_weight_mode": "dynamic"}),  # head weights from each image's prompt-free pass
+        (WinCLIPModel, {}),  # eager CPU runs chunk the windows (batch 3), the exported graph does not
     ],
-    ids=["zsad_clip", "anomalyclip", "crane", "headclip", "headclip-dynamic"],
+    ids=["zsad_clip", "anomalyclip", "crane", "headclip", "headclip-dynamic", "winclip"],
 )
 def test_onnxruntime_equals_torch(model_class, options, tiny_backbone, tmp_path, capsys):
     model = trained_stand_in(model_class.from_backbone(tiny_backbone, image_size=SIZE, **options))

@@ -12,6 +12,7 @@ from PIL import Image
 import zsad
 from zsad import WinCLIPModel
 from zsad.cli import main
+from zsad.clip import windows
 from zsad.clip.windows import harmonic_aggregation, window_embeddings, window_patch_indices
 
 
@@ -50,7 +51,10 @@ def test_window_indices():
         window_patch_indices((3, 4), 4)
 
 
-def test_window_embeddings_equal_masked_attention_per_window(winclip):
+# One chunk for everything, and 35 tokens: chunks of 7 (2 x 2) or 3 (3 x 3) windows, some across two images.
+@pytest.mark.parametrize("chunk_tokens", [windows.CHUNK_TOKENS, 35])
+def test_window_embeddings_equal_masked_attention_per_window(winclip, monkeypatch, chunk_tokens):
+    monkeypatch.setattr(windows, "CHUNK_TOKENS", chunk_tokens)
     torch.manual_seed(1)
     pixels = torch.randn(2, 3, 28, 28)  # 7 x 7 patches
     with torch.no_grad():
