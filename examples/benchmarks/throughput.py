@@ -208,6 +208,11 @@ def vision_tower_flops(vision_config, tokens: int, dense_kinds: int = 0, dense_l
     }
 
 
+def patch_embedding_flops(vision_config, patches: int) -> float:
+    """The patch embedding convolution over `patches` patches: `2 N (3 p^2) W`."""
+    return 2 * patches * 3 * vision_config.patch_size**2 * vision_config.hidden_size
+
+
 def text_flops(text_config, sequences: int, length: int) -> float:
     width, mlp, depth = text_config.hidden_size, text_config.intermediate_size, text_config.num_hidden_layers
     return sequences * depth * (2 * length * (4 * width**2 + 2 * width * mlp) + 4 * length**2 * width)
@@ -226,8 +231,7 @@ def analytic_flops(model, batch: int) -> dict[str, float]:
     probe = probe_forward(model)
     parts = {k: batch * v for k, v in vision_tower_flops(vision, tokens + probe["visual_prompts"], kinds, dense_layers).items()}
     parts["patch embedding + readout"] = batch * (
-        2 * patches * 3 * vision.patch_size**2 * vision.hidden_size
-        + len(config.feature_layers) * 2 * patches * vision.hidden_size * embed
+        patch_embedding_flops(vision, patches) + len(config.feature_layers) * 2 * patches * vision.hidden_size * embed
     )
     if probe["prompt_free_pass"]:
         parts["prompt-free pass"] = batch * sum(vision_tower_flops(vision, tokens).values())
@@ -242,6 +246,12 @@ def analytic_flops(model, batch: int) -> dict[str, float]:
             + 2 * patches * vision.hidden_size**2 * 2 + 2 * patches**2 * vision.hidden_size  # V, out_proj, A V
             + 2 * patches * vision.hidden_size * embed
         )
+    daka = getattr(model, "daka", None)
+    if daka is not None:  # DA-CLIP: the router's W_r, then per DAKA layer every LoRA expert and the token gate per patch
+        parts["router + DAKA"] = batch * (2 * model.router.projection.weight.numel() + sum(
+            2 * patches * (layer.lora_A.numel() + layer.lora_B.numel() + (layer.gate.weight.numel() if layer.gate is not None else 0))
+            for layer in daka.experts
+        ))
     if getattr(config, "window_sizes", None):  # WinCLIP: every k x k window is a tower pass over 1 + k^2 tokens
         parts["windows"] = batch * sum(
             (grid - k + 1) ** 2 * (sum(vision_tower_flops(vision, 1 + k * k).values()) + 2 * vision.hidden_size * embed)
@@ -308,8 +318,9 @@ def clip_ratio_rows(args, device: torch.device, dtype: torch.dtype) -> list[dict
                 times["method"].append(seconds_per_call(method, device, 1, args.iters))
                 times["clip"].append(seconds_per_call(plain, device, 1, args.iters))
             flops = analytic_flops(model, batch)
-            tokens = 1 + (model.config.image_size // model.config.clip_config.vision_config.patch_size) ** 2
-            clip_flops = batch * sum(vision_tower_flops(model.config.clip_config.vision_config, tokens).values())
+            vision = model.config.clip_config.vision_config
+            patches = (model.config.image_size // vision.patch_size) ** 2
+            clip_flops = batch * (sum(vision_tower_flops(vision, 1 + patches).values()) + patch_embedding_flops(vision, patches))
             time_ratio = min(times["method"]) / min(times["clip"])
             flop_ratio = sum(flops.values()) / clip_flops
             rows.append({
