@@ -28,8 +28,10 @@ def test_smoke_run_covers_every_variant(throughput, tmp_path):
     trained = {(row["method"], row["mode"]) for row in results["throughput"]}
     assert {method for method, mode in trained if mode == "inference"} == variants
     assert ("zsad_clip", "training") not in trained and ("anomalyclip", "training") in trained
+    adapted = {row["method"]: row["adapted"] for row in results["compare_fp32"]}
+    assert adapted["anomalyclip"] == "trained 1 steps + 4 normal references" and adapted["zsad_clip"] == "4 normal references"
     for row in results["compare_fp32"]:
-        assert 0 <= row["max_abs_map_diff"] < 5e-2
+        assert 0 <= row["max_abs_map_diff"] < 5e-2 and row["score_std_fp32"] > 0
     assert json.loads((tmp_path / "rows.json").read_text()) == json.loads(json.dumps(results))
 
 
