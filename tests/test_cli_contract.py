@@ -159,6 +159,8 @@ def test_offline_first_run_fails_fast_with_the_recipe(tmp_path):
 
 TRAIN_ROWS = [
     ("bad dataset", ["--dataset", "{root}/no-such-data"], "no-such-data"),
+    ("mistyped dataset name", ["--dataset", "mvtec_typo"],
+     "dataset not found: there is no local file or folder {cwd}/mvtec_typo, and 'mvtec_typo' is not a reachable Hub"),
     ("bad category", ["--dataset", "{root}/grid", "--categories", "bottle"], "bottle"),
     ("batch size 0", ["--dataset", "{root}/grid", "--train_batch_size", "0"], "got 0"),
     ("existing output dir", ["--dataset", "{root}/grid", "--output_dir", "{root}/full"], "--overwrite"),
@@ -171,11 +173,11 @@ def test_train_script_user_errors_are_one_line_exit_2(world, argv, expected, tmp
     if "--output_dir" not in argv:
         argv += ["--output_dir", str(tmp_path / "out")]
     result = subprocess.run([sys.executable, str(ROOT / "examples" / "train.py"), "--method", "anomalyclip",
-                             "--backbone", world["backbone"], "--image_size", "28", *argv],
+                             "--backbone", world["backbone"], "--image_size", "28", *argv], cwd=tmp_path,
                             stdin=subprocess.DEVNULL, capture_output=True, text=True, env=_env(tmp_path), timeout=300)
     assert result.returncode == 2
     line = _one_error_line(result.stderr)
-    assert line.startswith("train.py: error: ") and expected in line
+    assert line.startswith("train.py: error: ") and expected.format(cwd=tmp_path) in line
     assert sorted(p.name for p in (world["root"] / "full").iterdir()) == ["old.txt"]  # nothing written
 
 
