@@ -1,4 +1,4 @@
-"""Training helpers for `examples/train.py`: models by method name, the method's
+"""Training helpers for `zsad.train` (`zsad train`, `examples/train.py`): models by method name, the method's
 optimiser, a resumable deterministic shuffle, adapter-only Accelerate checkpoints, batch -> inputs."""
 
 from __future__ import annotations
