@@ -14,7 +14,7 @@ import torch
 from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
 import zsad
-from zsad import AdaCLIPModel, AnomalyCLIPModel, CraneModel, HeadCLIPModel, ZeroShotCLIPModel
+from zsad import AdaCLIPModel, AnomalyCLIPModel, CraneModel, DACLIPModel, HeadCLIPModel, ZeroShotCLIPModel
 from zsad.testing import randomize_biases_and_norms, save_tiny_backbone
 
 from reference_pipelines import REFERENCES
@@ -34,6 +34,18 @@ CASES = {
     "crane_plus": (CraneModel, {"dino_attention": True}, None),
     "headclip": (HeadCLIPModel, {}, None),
     "headclip_dynamic_dense": (HeadCLIPModel, {"head_weight_mode": "dynamic", "head_weight_streams": "dense"}, None),
+    # default: 4 experts, top-2 router and token gates, visual prompts at layer 1, DAKA at layers 2-4
+    "daclip": (DACLIPModel, {}, None),
+    # image-level DAKA routing (no gates) with 3 experts, visual prompts appended and then replaced
+    "daclip_image_routing": (
+        DACLIPModel, {"num_experts": 3, "daka_routing": "image", "visual_prompt_layers": [1, 2, 3], "daka_layers": [2, 4]}, None
+    ),
+    # no visual prompts: the token gates see the router weights; top-1 gates, top-3 of 5 domains, joint score
+    "daclip_router_conditioned_gates": (
+        DACLIPModel,
+        {"num_experts": 5, "top_k_experts": 3, "token_top_k": 1, "visual_prompt_layers": [], "image_score": "joint"},
+        None,
+    ),
 }
 
 
@@ -57,7 +69,8 @@ def dino_backbone(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def models(backbone, dino_backbone):
-    """Each case's model, built once: learned prompt tensors perturbed so that they matter."""
+    """Each case's model, built once: learned prompt tensors (and DA-CLIP's LoRA B, zero at init) perturbed
+    so that they matter."""
     built = {}
 
     def get(case: str):
@@ -70,7 +83,7 @@ def models(backbone, dino_backbone):
             generator = torch.Generator().manual_seed(1)
             with torch.no_grad():
                 for name, parameter in model.named_parameters():
-                    if parameter.requires_grad and ("prompt" in name or "head_weights" in name):
+                    if parameter.requires_grad and any(part in name for part in ("prompt", "head_weights", "lora_B")):
                         parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
             built[case] = model
         return built[case]
@@ -89,7 +102,6 @@ def _assert_close(ours: torch.Tensor, expected: torch.Tensor, what: str) -> None
 
 # Methods whose independent reference their author still owes (issue 9 asks one of every method).
 PENDING = {
-    "zsad_daclip": "issue 10 (DA-CLIP landed after the references were written)",
     "zsad_winclip": "issue 16 (WinCLIP landed after the references were written)",
 }
 
@@ -122,10 +134,14 @@ def test_maps_and_scores_equal_the_independent_reference(models, case):
     _assert_close(out.image_logits.softmax(-1), expected.image_logits.softmax(-1), "image probabilities")
 
 
-@pytest.mark.parametrize("case", ["anomalyclip", "adaclip_hsf", "crane", "crane_plus", "headclip"])
+@pytest.mark.parametrize(
+    "case",
+    ["anomalyclip", "adaclip_hsf", "crane", "crane_plus", "headclip", "daclip", "daclip_image_routing",
+     "daclip_router_conditioned_gates"],
+)
 def test_training_loss_equals_the_independent_reference(models, case):
-    """The loss (METHODS.md §2.5, §3.4, §5.4) from the reference's own logits, in training mode (Crane
-    conditions its prompts there)."""
+    """The loss (METHODS.md §2.5, §3.4, §5.4, §6.2.5 with DA-CLIP's auxiliary terms) from the reference's own
+    logits, in training mode (Crane conditions its prompts there)."""
     model, categories = models(case), CASES[case][2]
     pixels = _pixels()
     masks = torch.zeros(2, SIZE, SIZE)
