@@ -36,10 +36,14 @@ CASES = {
     "headclip_dynamic_dense": (HeadCLIPModel, {"head_weight_mode": "dynamic", "head_weight_streams": "dense"}, None),
     # default: 4 experts, top-2 router and token gates, visual prompts at layer 1, DAKA at layers 2-4
     "daclip": (DACLIPModel, {}, None),
-    # image-level DAKA routing (no gates) with 3 experts, visual prompts appended and then replaced
-    "daclip_image_routing": (
-        DACLIPModel, {"num_experts": 3, "daka_routing": "image", "visual_prompt_layers": [1, 2, 3], "daka_layers": [2, 4]}, None
+    # 3 experts, visual prompts appended and then replaced (the gates see their mean over 3 layers x 2 tokens)
+    "daclip_deep_visual_prompts": (
+        DACLIPModel,
+        {"num_experts": 3, "visual_prompt_layers": [1, 2, 3], "visual_prompt_length": 2, "daka_layers": [2, 4]},
+        None,
     ),
+    # image-level DAKA routing (no gates) and one prompt set shared by all domains: the router acts on DAKA only
+    "daclip_image_routing": (DACLIPModel, {"daka_routing": "image", "per_domain_prompts": False}, None),
     # no visual prompts: the token gates see the router weights; top-1 gates, top-3 of 5 domains, joint score
     "daclip_router_conditioned_gates": (
         DACLIPModel,
