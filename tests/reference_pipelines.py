@@ -567,9 +567,11 @@ def crane(model, pixels, *, categories=None, masks=None, labels=None, training=F
     pooled = normalize((weights * torch.stack(maps_features).mean(dim=0)).sum(dim=1))
     fused = normalize(cfg.fusion_weight * pooled + (1 - cfg.fusion_weight) * normalize(vision.global_embeds))
     image_logits = cosine_logits(fused[:, None], text, scale)[:, 0]
-    if not cfg.soft_mean:
-        raise NotImplementedError("soft_mean=False: METHODS.md §11.2 (upsample logits, mean, softmax) is issue 12's")
-    probabilities = [upsample(softmax(logits), vision.grid, size) for logits in patch_logits]
+    if cfg.soft_mean:
+        probabilities = [upsample(softmax(logits), vision.grid, size) for logits in patch_logits]
+    else:  # §11.2: each map's logits upsampled, averaged, then the softmax
+        upsampled = torch.stack([upsample(logits, vision.grid, size) for logits in patch_logits])
+        probabilities = [softmax(upsampled.mean(dim=0), dim=1)]
     maps = gaussian_smooth(probability_map(probabilities), cfg.gaussian_sigma)
     loss = None
     if labels is not None:

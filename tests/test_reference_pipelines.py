@@ -32,6 +32,7 @@ CASES = {
     "crane": (CraneModel, {}, None),
     "crane_conditioned": (CraneModel, {"prompt_conditioning": "always"}, None),
     "crane_plus": (CraneModel, {"dino_attention": True}, None),
+    "crane_plus_no_soft_mean": (CraneModel, {"dino_attention": True, "soft_mean": False}, None),
     "headclip": (HeadCLIPModel, {}, None),
     "headclip_dynamic_dense": (HeadCLIPModel, {"head_weight_mode": "dynamic", "head_weight_streams": "dense"}, None),
 }
