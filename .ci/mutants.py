@@ -153,6 +153,19 @@ MUTANTS = [
            "image_logits * (cfg.temperature / cfg.image_loss_temperature)", "image_logits"),
     Mutant("extra: Crane+ D-Attn mean over the whole batch", CRANE,
            "mean = similarity.mean(dim=(-2, -1), keepdim=True)", "mean = similarity.mean()"),
+    # --- WinCLIP / WinCLIP+ and Crane soft_mean=False (caught by the references of tests/reference_pipelines.py)
+    Mutant("extra: WinCLIP scales combined by the arithmetic mean", "src/zsad/models/winclip/modeling_winclip.py",
+           "combined = len(patch_logits) / scores.reciprocal().sum(dim=0)", "combined = scores.mean(dim=0)"),
+    Mutant("extra: WinCLIP windows one token off (class-token offset lost)", "src/zsad/clip/windows.py",
+           "window_patch_indices(grid_size, size, tokens.device) + 1", "window_patch_indices(grid_size, size, tokens.device)"),
+    Mutant("extra: WinCLIP windows without the class token", "src/zsad/clip/windows.py",
+           "sequence = torch.cat([patches.new_zeros(patches.shape[0], 1), patches], dim=1)", "sequence = patches"),
+    Mutant("extra: WinCLIP+ memory ignores the windows", "src/zsad/models/winclip/modeling_winclip.py",
+           "torch.stack([*scores[:layers], *self._to_patches(scores[layers:], grid_size)]).mean(dim=0)",
+           "torch.stack(scores[:layers]).mean(dim=0)"),
+    Mutant("extra: WinCLIP+ association score without the 1/2", "src/zsad/few_shot.py",
+           "return (1.0 - best) / 2", "return 1.0 - best"),
+    Mutant("extra: Crane soft_mean=False ignored", CRANE, "if self.config.soft_mean:", "if True:"),
 ]
 
 
