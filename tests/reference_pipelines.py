@@ -7,11 +7,15 @@ is written out again from METHODS.md: the vision loop with per-head attention an
 context vectors and deep tokens (§2.3, §3.2, §5.2), upsampling (own interpolation matrices), the Gaussian
 filter (scipy), softmax maps and scores (§2.4, §3.3, §5.3), K-means and HSF (§3.3, §11.7), D-Attn
 (§5.1), DA-CLIP's router, domain prompt bank, LoRA experts and auxiliary losses (§6.2) and the losses
-(§2.5, §3.4, §5.4). All arithmetic runs in float64 on copies of the modules.
+(§2.5, §3.4, §5.4). WinCLIP is not in METHODS.md: its reference follows the paper
+(Jeong et al., CVPR 2023, §4.1-4.3) as docs/models/winclip.md summarises it, with windows cropped from
+the token grid one by one; the normal-reference memory (WinCLIP+ §4.3) as docs/few_shot.md describes it.
+All arithmetic runs in float64 on copies of the modules.
 
 Adding a method: write `def my_method(model, pixels, *, categories=None, masks=None, labels=None,
 training=False) -> Expected` from the building blocks below and register it in `REFERENCES` under the
-config's `model_type`; tests/test_reference_pipelines.py then requires and runs it.
+config's `model_type`; tests/test_reference_pipelines.py then requires and runs it. References that
+also take `normal_images=` (k normal images) add the memory map as `set_normal_references` does.
 """
 
 from __future__ import annotations
@@ -188,6 +192,7 @@ def vision_tower(
     head_weights: Mapping[int, Tensor] | None = None,
     dense_head_weights: Mapping[int, Tensor] | None = None,
     dense_adapters: Mapping[int, Callable[[Tensor], Tensor]] | None = None,
+    window: int | None = None,
 ) -> VisionOutput:
     """The CLIP vision tower by hand (float64 `clip`).
 
@@ -198,6 +203,8 @@ def vision_tower(
     W_O(A V) + b with V from LN1 of that layer's input (`layer_input`) or of the stream after its
     attention residual (`post_attention`, §11.1), patch tokens only. `dense_adapters[l]` maps the dense
     stream's `(B, N, W)` patch tokens to new ones right after layer l's dense update (DA-CLIP's DAKA, §6.2.3).
+    `window = k`: the tower runs on every k x k block of the patch grid instead (WinCLIP §4.2,
+    `window_sequences`): B * W outputs, image-major.
     """
     vision = clip.vision_model
     embeddings = vision.embeddings
@@ -205,6 +212,8 @@ def vision_tower(
     batch, width, rows, cols = patches.shape
     tokens = torch.cat([embeddings.class_embedding.expand(batch, 1, width), patches.flatten(2).transpose(1, 2)], dim=1)
     hidden = vision.pre_layrnorm(tokens + _position_table(embeddings, (rows, cols), interpolation))
+    if window is not None:
+        hidden = window_sequences(hidden, (rows, cols), window)
     num_tokens = 1 + rows * cols
     kinds = dense_kinds(dense_attention)
     dense, taps, guided = None, {}, None
@@ -300,6 +309,14 @@ def mean_state_embedding(features: Tensor) -> Tensor:
     return normalize(normalize(features).mean(dim=0))
 
 
+def ensemble_text(clip, config) -> Tensor:
+    """The hand-crafted prompt ensemble (§2.3, WinCLIP §4.1): `(2, D)` [t_n, t_a] from the stored token ids."""
+    return torch.stack([
+        mean_state_embedding(text_tower(clip, *token_embeddings(clip, ids)))
+        for ids in (config.normal_token_ids, config.anomaly_token_ids)
+    ])
+
+
 def object_agnostic_text(clip, state: Mapping[str, Tensor], config, image_embeds: Tensor | None = None,
                          deep_tokens: Tensor | None = None) -> Tensor:
     """AnomalyCLIP's two prompts (§2.3): context slots 1..n replaced by the learned vectors, deep tokens
@@ -359,11 +376,76 @@ def _size(pixels: Tensor) -> tuple[int, int]:
     return tuple(pixels.shape[-2:])
 
 
+# ------------------------------------------------------------------ windows and normal references (WinCLIP)
+def window_corners(grid: tuple[int, int], size: int) -> list[tuple[int, int]]:
+    """Top-left patch (row, col) of every `size x size` block of the patch grid at stride 1, row-major."""
+    rows, cols = grid
+    return [(top, left) for top in range(rows - size + 1) for left in range(cols - size + 1)]
+
+
+def window_coverage(grid: tuple[int, int], size: int) -> Tensor:
+    """`(N, W)` boolean: patch n (row-major) lies in window w (`window_corners` order)."""
+    cols = grid[1]
+    corners = window_corners(grid, size)
+    coverage = torch.zeros(grid[0] * cols, len(corners), dtype=torch.bool)
+    for w, (top, left) in enumerate(corners):
+        for row in range(top, top + size):
+            for col in range(left, left + size):
+                coverage[row * cols + col, w] = True
+    return coverage
+
+
+def window_sequences(hidden: Tensor, grid: tuple[int, int], size: int) -> Tensor:
+    """`(B, 1 + N, W)` embedded tokens (position embeddings added) -> `(B * windows, 1 + size^2, W)`: per
+    window, the class token and the window's block cropped from the 2-D token grid. Running the tower
+    on these equals restricting every token's attention to the class token and the window (§4.2)."""
+    cls, patches = hidden[:, :1], hidden[:, 1:].unflatten(1, grid)
+    crops = [
+        torch.cat([cls, patches[:, top : top + size, left : left + size].flatten(1, 2)], dim=1)
+        for top, left in window_corners(grid, size)
+    ]
+    return torch.stack(crops, dim=1).flatten(0, 1)
+
+
+def window_embeddings(clip, pixels: Tensor, config, size: int) -> Tensor:
+    """`(B, W, P)` window embeddings: the projected class token of each window's pass (WinCLIP §4.2)."""
+    embeds = vision_from_config(clip, pixels, config, feature_layers=[], window=size).global_embeds
+    return embeds.unflatten(0, (len(pixels), -1))
+
+
+def harmonic_to_patches(window_scores: Tensor, coverage: Tensor) -> Tensor:
+    """`(B, W)` -> `(B, N)`: per patch, the harmonic mean of the scores of the windows covering it (§4.2)."""
+    cover = coverage.to(DTYPE)
+    return cover.sum(dim=1) / (window_scores.reciprocal() @ cover.t())
+
+
+def association(queries: Tensor, references: Tensor) -> Tensor:
+    """WinCLIP Eq. 4: `(B, n)` scores 1/2 (1 - max_r cos(f, r)) of `(B, n, P)` test features against all
+    rows r of the reference images' `(k, n', P)` features of the same group."""
+    memory = normalize(references.flatten(0, 1))
+    return (1 - (normalize(queries) @ memory.t()).amax(dim=-1)) / 2
+
+
+def fuse_memory(expected: Expected, patch_scores: Tensor, grid: tuple[int, int], size: tuple[int, int],
+                config) -> Expected:
+    """The memory map M (patch scores upsampled bilinearly, blurred like the zero-shot map Z) fused by
+    `config.reference_fusion` (docs/few_shot.md): `mean` gives (Z + M) / 2 and (p + max M) / 2,
+    `memory_only` M and max M."""
+    fusion = config.reference_fusion
+    assert fusion in ("mean", "memory_only"), fusion
+    memory = gaussian_smooth(upsample(patch_scores[..., None], grid, size)[:, 0], config.gaussian_sigma)
+    peak = memory.flatten(1).amax(dim=1)
+    if fusion == "memory_only":
+        return Expected(memory, peak, expected.image_logits, expected.loss)
+    return Expected((expected.anomaly_maps + memory) / 2, (expected.pred_scores + peak) / 2, expected.image_logits,
+                    expected.loss)
+
+
 # --------------------------------------------------------------------------------------------- methods
 def _global_text_pipeline(model, pixels, text, vision, masks, labels, local_weight: float | None) -> Expected:
-    """§2.4 (AnomalyCLIP, ZeroShotCLIP; text `(2, D)` or per image `(B, 2, D)`): softmax patch
-    probabilities, bilinear, mean of (S_a + 1 - S_n)/2,
-    Gaussian; score = global text probability. Loss (§2.5): CE + lambda * sum_layers(focal + dice_a + dice_n)."""
+    """§2.4 (AnomalyCLIP, ZeroShotCLIP; text `(2, D)`, or per image `(B, 2, D)` for DA-CLIP): softmax patch
+    probabilities, bilinear, mean of (S_a + 1 - S_n)/2, Gaussian; score = global text probability.
+    Loss (§2.5): CE + lambda * sum_layers(focal + dice_a + dice_n)."""
     cfg = model.config
     scale = 1.0 / cfg.temperature
     image_logits = cosine_logits(vision.global_embeds[:, None], text, scale)[:, 0]
@@ -384,21 +466,25 @@ def zero_shot_clip(model, pixels, *, categories=None, masks=None, labels=None, t
     """ZeroShotCLIP (§2.3 ensemble on the §2.1 dense features, §2.4 maps and score)."""
     cfg, clip = model.config, float64_copy(model.clip)
     with torch.no_grad():
-        text = torch.stack([
-            mean_state_embedding(text_tower(clip, *token_embeddings(clip, ids)))
-            for ids in (cfg.normal_token_ids, cfg.anomaly_token_ids)
-        ])
-        return _global_text_pipeline(model, pixels, text, vision_from_config(clip, pixels, cfg), masks, labels, None)
+        return _global_text_pipeline(model, pixels, ensemble_text(clip, cfg), vision_from_config(clip, pixels, cfg),
+                                     masks, labels, None)
 
 
-def anomalyclip(model, pixels, *, categories=None, masks=None, labels=None, training=False) -> Expected:
-    """AnomalyCLIP (§2): learned object-agnostic prompts, V-V dual path, §2.4 maps, §2.5 loss."""
+def anomalyclip(model, pixels, *, categories=None, masks=None, labels=None, training=False,
+                normal_images=None) -> Expected:
+    """AnomalyCLIP (§2): learned object-agnostic prompts, V-V dual path, §2.4 maps, §2.5 loss. With
+    `normal_images`, the memory of their dense features (every feature layer a group, groups averaged)."""
     cfg, clip = model.config, float64_copy(model.clip)
     state = model.state_dict()
     with torch.no_grad():
         text = object_agnostic_text(clip, state, cfg)
         vision = vision_from_config(clip, pixels, cfg)
-        return _global_text_pipeline(model, pixels, text, vision, masks, labels, cfg.local_loss_weight)
+        expected = _global_text_pipeline(model, pixels, text, vision, masks, labels, cfg.local_loss_weight)
+        if normal_images is None:
+            return expected
+        references = vision_from_config(clip, normal_images, cfg).patch_tokens
+        scores = [association(q, r) for q, r in zip(vision.patch_tokens, references)]
+        return fuse_memory(expected, torch.stack(scores).mean(dim=0), vision.grid, _size(pixels), cfg)
 
 
 def headclip(model, pixels, *, categories=None, masks=None, labels=None, training=False) -> Expected:
@@ -582,9 +668,11 @@ def crane(model, pixels, *, categories=None, masks=None, labels=None, training=F
     pooled = normalize((weights * torch.stack(maps_features).mean(dim=0)).sum(dim=1))
     fused = normalize(cfg.fusion_weight * pooled + (1 - cfg.fusion_weight) * normalize(vision.global_embeds))
     image_logits = cosine_logits(fused[:, None], text, scale)[:, 0]
-    if not cfg.soft_mean:
-        raise NotImplementedError("soft_mean=False: METHODS.md §11.2 (upsample logits, mean, softmax) is issue 12's")
-    probabilities = [upsample(softmax(logits), vision.grid, size) for logits in patch_logits]
+    if cfg.soft_mean:
+        probabilities = [upsample(softmax(logits), vision.grid, size) for logits in patch_logits]
+    else:  # §11.2: each map's logits upsampled, averaged, then the softmax
+        upsampled = torch.stack([upsample(logits, vision.grid, size) for logits in patch_logits])
+        probabilities = [softmax(upsampled.mean(dim=0), dim=1)]
     maps = gaussian_smooth(probability_map(probabilities), cfg.gaussian_sigma)
     loss = None
     if labels is not None:
@@ -692,6 +780,38 @@ def daclip(model, pixels, *, categories=None, masks=None, labels=None, training=
     return with_image_score(expected, cfg)
 
 
+def winclip(model, pixels, *, categories=None, masks=None, labels=None, training=False,
+            normal_images=None) -> Expected:
+    """WinCLIP (Jeong et al., CVPR 2023; docs/models/winclip.md): the prompt ensemble (§4.1); image score
+    softmax(cos(g, [t_n, t_a]) / T)[a] of plain CLIP; per window size, every window scored like the image
+    and taken to patches by the harmonic mean (§4.2); per patch, the harmonic mean of the image score and
+    the scales; bilinear, blur. With `normal_images`, WinCLIP+ (§4.3): their final-layer patch embeddings
+    and window embeddings of every size as memory groups, window groups taken to patches harmonically,
+    the groups averaged, fused with the zero-shot map and score."""
+    cfg, clip = model.config, float64_copy(model.clip)
+    size, scale = _size(pixels), 1.0 / cfg.temperature
+    with torch.no_grad():
+        text = ensemble_text(clip, cfg)
+        vision = vision_from_config(clip, pixels, cfg)
+        coverage = [window_coverage(vision.grid, k) for k in cfg.window_sizes]
+        windows = [window_embeddings(clip, pixels, cfg, k) for k in cfg.window_sizes]
+        image_logits = cosine_logits(vision.global_embeds, text, scale)
+        image_score = softmax(image_logits)[:, 1]
+        scales = [image_score[:, None].expand(-1, len(coverage[0]))]
+        for w, c in zip(windows, coverage):
+            scales.append(harmonic_to_patches(softmax(cosine_logits(w, text, scale))[..., 1], c))
+        combined = len(scales) / sum(s.reciprocal() for s in scales)
+        maps = gaussian_smooth(upsample(combined[..., None], vision.grid, size)[:, 0], cfg.gaussian_sigma)
+        expected = Expected(maps, image_score, image_logits)
+        if normal_images is None:
+            return expected
+        memory_patches = vision_from_config(clip, normal_images, cfg).patch_tokens
+        scores = [association(q, r) for q, r in zip(vision.patch_tokens, memory_patches)]
+        for w, k, c in zip(windows, cfg.window_sizes, coverage):
+            scores.append(harmonic_to_patches(association(w, window_embeddings(clip, normal_images, cfg, k)), c))
+        return fuse_memory(expected, torch.stack(scores).mean(dim=0), vision.grid, size, cfg)
+
+
 Reference = Callable[..., Expected]
 
 # One reference per registered method, by config `model_type`.
@@ -702,4 +822,5 @@ REFERENCES: dict[str, Reference] = {
     "zsad_crane": crane,
     "zsad_headclip": headclip,
     "zsad_daclip": daclip,
+    "zsad_winclip": winclip,
 }
