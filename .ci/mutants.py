@@ -54,6 +54,7 @@ VISION, TEXT, SCORING, LOSSES = "src/zsad/clip/vision.py", "src/zsad/clip/text.p
 ANOMALYCLIP_CONFIG = "src/zsad/models/anomalyclip/configuration_anomalyclip.py"
 ADACLIP = "src/zsad/models/adaclip/modeling_adaclip.py"
 CRANE = "src/zsad/models/crane/modeling_crane.py"
+DACLIP, DOMAIN_EXPERTS = "src/zsad/models/daclip/modeling_daclip.py", "src/zsad/adapters/domain_experts.py"
 
 MUTANTS = [
     # --- the bug kinds issue 9 lists
@@ -153,6 +154,38 @@ MUTANTS = [
            "image_logits * (cfg.temperature / cfg.image_loss_temperature)", "image_logits"),
     Mutant("extra: Crane+ D-Attn mean over the whole batch", CRANE,
            "mean = similarity.mean(dim=(-2, -1), keepdim=True)", "mean = similarity.mean()"),
+    # --- WinCLIP / WinCLIP+ and Crane soft_mean=False (caught by the references of tests/reference_pipelines.py)
+    Mutant("extra: WinCLIP scales combined by the arithmetic mean", "src/zsad/models/winclip/modeling_winclip.py",
+           "combined = len(patch_logits) / scores.reciprocal().sum(dim=0)", "combined = scores.mean(dim=0)"),
+    Mutant("extra: WinCLIP windows one token off (class-token offset lost)", "src/zsad/clip/windows.py",
+           "window_patch_indices(grid_size, size, tokens.device) + 1", "window_patch_indices(grid_size, size, tokens.device)"),
+    Mutant("extra: WinCLIP windows without the class token", "src/zsad/clip/windows.py",
+           "sequence = torch.cat([patches.new_zeros(patches.shape[0], 1), patches], dim=1)", "sequence = patches"),
+    Mutant("extra: WinCLIP+ memory ignores the windows", "src/zsad/models/winclip/modeling_winclip.py",
+           "torch.stack([*scores[:layers], *self._to_patches(scores[layers:], grid_size)]).mean(dim=0)",
+           "torch.stack(scores[:layers]).mean(dim=0)"),
+    Mutant("extra: WinCLIP+ association score without the 1/2", "src/zsad/few_shot.py",
+           "return (1.0 - best) / 2", "return 1.0 - best"),
+    Mutant("extra: Crane soft_mean=False ignored", CRANE, "if self.config.soft_mean:", "if True:"),
+    # --- DA-CLIP (caught by its reference, tests/reference_pipelines.py daclip)
+    Mutant("extra: DA-CLIP image router keeps token_top_k experts", DACLIP,
+           "config.router_temperature, config.top_k_experts)", "config.router_temperature, config.token_top_k)"),
+    Mutant("extra: DA-CLIP top-k router and gate weights not renormalised", DOMAIN_EXPERTS,
+           "return kept / kept.sum(dim=-1, keepdim=True)", "return kept"),
+    Mutant("extra: DA-CLIP LoRA scaling alpha / r dropped", DOMAIN_EXPERTS,
+           "return tokens + self.mix * self.scaling * torch.einsum", "return tokens + self.mix * torch.einsum"),
+    Mutant("extra: DA-CLIP DAKA adapts the dense stream before the layer's update", VISION,
+           "        dense = (hidden if dense is None else dense) + dense_update\n"
+           "        if index in hooks.dense_adapters:\n            dense = hooks.dense_adapters[index](dense)\n",
+           "        dense = hidden if dense is None else dense\n"
+           "        if index in hooks.dense_adapters:\n            dense = hooks.dense_adapters[index](dense)\n"
+           "        dense = dense + dense_update\n"),
+    Mutant("extra: DA-CLIP token gates see the first prompted layer only", DACLIP,
+           "condition = combined.mean(dim=(1, 2))", "condition = combined[:, 0].mean(dim=1)"),
+    Mutant("extra: DA-CLIP load balance on the top-k renormalised router weights", DACLIP,
+           'squared_coefficient_of_variation(extras["router_softmax"])', 'squared_coefficient_of_variation(extras["router_probs"])'),
+    Mutant("extra: DA-CLIP diversity loss unweighted", DACLIP,
+           '"diversity": cfg.diversity_weight * losses["diversity"],', '"diversity": losses["diversity"],'),
 ]
 
 

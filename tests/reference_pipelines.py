@@ -6,11 +6,16 @@ is written out again from METHODS.md: the vision loop with per-head attention an
 (§2.1, §5.1), position-embedding interpolation (§1), visual prompts (§3.2), the causal text loop with
 context vectors and deep tokens (§2.3, §3.2, §5.2), upsampling (own interpolation matrices), the Gaussian
 filter (scipy), softmax maps and scores (§2.4, §3.3, §5.3), K-means and HSF (§3.3, §11.7), D-Attn
-(§5.1) and the losses (§2.5, §3.4, §5.4). All arithmetic runs in float64 on copies of the modules.
+(§5.1), DA-CLIP's router, domain prompt bank, LoRA experts and auxiliary losses (§6.2) and the losses
+(§2.5, §3.4, §5.4). WinCLIP is not in METHODS.md: its reference follows the paper
+(Jeong et al., CVPR 2023, §4.1-4.3) as docs/models/winclip.md summarises it, with windows cropped from
+the token grid one by one; the normal-reference memory (WinCLIP+ §4.3) as docs/few_shot.md describes it.
+All arithmetic runs in float64 on copies of the modules.
 
 Adding a method: write `def my_method(model, pixels, *, categories=None, masks=None, labels=None,
 training=False) -> Expected` from the building blocks below and register it in `REFERENCES` under the
-config's `model_type`; tests/test_reference_pipelines.py then requires and runs it.
+config's `model_type`; tests/test_reference_pipelines.py then requires and runs it. References that
+also take `normal_images=` (k normal images) add the memory map as `set_normal_references` does.
 """
 
 from __future__ import annotations
@@ -186,6 +191,8 @@ def vision_tower(
     guided_attention: tuple[int, Tensor, str] | None = None,
     head_weights: Mapping[int, Tensor] | None = None,
     dense_head_weights: Mapping[int, Tensor] | None = None,
+    dense_adapters: Mapping[int, Callable[[Tensor], Tensor]] | None = None,
+    window: int | None = None,
 ) -> VisionOutput:
     """The CLIP vision tower by hand (float64 `clip`).
 
@@ -194,7 +201,10 @@ def vision_tower(
     it exists. `visual_prompts[l]` `(B, n, W)`: the tokens after the 1 + N image tokens become these before
     layer l (appended the first time, replaced later; §3.2). `guided_attention = (layer, A, source)`:
     W_O(A V) + b with V from LN1 of that layer's input (`layer_input`) or of the stream after its
-    attention residual (`post_attention`, §11.1), patch tokens only.
+    attention residual (`post_attention`, §11.1), patch tokens only. `dense_adapters[l]` maps the dense
+    stream's `(B, N, W)` patch tokens to new ones right after layer l's dense update (DA-CLIP's DAKA, §6.2.3).
+    `window = k`: the tower runs on every k x k block of the patch grid instead (WinCLIP §4.2,
+    `window_sequences`): B * W outputs, image-major.
     """
     vision = clip.vision_model
     embeddings = vision.embeddings
@@ -202,6 +212,8 @@ def vision_tower(
     batch, width, rows, cols = patches.shape
     tokens = torch.cat([embeddings.class_embedding.expand(batch, 1, width), patches.flatten(2).transpose(1, 2)], dim=1)
     hidden = vision.pre_layrnorm(tokens + _position_table(embeddings, (rows, cols), interpolation))
+    if window is not None:
+        hidden = window_sequences(hidden, (rows, cols), window)
     num_tokens = 1 + rows * cols
     kinds = dense_kinds(dense_attention)
     dense, taps, guided = None, {}, None
@@ -224,6 +236,9 @@ def vision_tower(
             guided = attention.out_proj(weights.to(DTYPE) @ values)
         if active:
             dense = (hidden if dense is None else dense) + attention.out_proj(dense_heads)
+            if dense_adapters and index in dense_adapters:
+                adapted = dense_adapters[index](dense[:, 1:num_tokens])
+                dense = torch.cat([dense[:, :1], adapted, dense[:, num_tokens:]], dim=1)
         hidden = attended + layer.mlp(layer.layer_norm2(attended))
         if index in feature_layers:
             taps[index] = (dense if dense is not None else hidden)[:, 1:num_tokens]
@@ -294,13 +309,23 @@ def mean_state_embedding(features: Tensor) -> Tensor:
     return normalize(normalize(features).mean(dim=0))
 
 
-def object_agnostic_text(clip, state: Mapping[str, Tensor], config, image_embeds: Tensor | None = None) -> Tensor:
+def ensemble_text(clip, config) -> Tensor:
+    """The hand-crafted prompt ensemble (§2.3, WinCLIP §4.1): `(2, D)` [t_n, t_a] from the stored token ids."""
+    return torch.stack([
+        mean_state_embedding(text_tower(clip, *token_embeddings(clip, ids)))
+        for ids in (config.normal_token_ids, config.anomaly_token_ids)
+    ])
+
+
+def object_agnostic_text(clip, state: Mapping[str, Tensor], config, image_embeds: Tensor | None = None,
+                         deep_tokens: Tensor | None = None) -> Tensor:
     """AnomalyCLIP's two prompts (§2.3): context slots 1..n replaced by the learned vectors, deep tokens
-    overwriting positions 1..m before `config.deep_prompt_layers`; `(2, D)` normalised. With
+    (the state's, or `deep_tokens (layers, m, W)`) overwriting positions 1..m before
+    `config.deep_prompt_layers`; `(2, D)` normalised. With
     `image_embeds (B, P)`, Crane's conditioning (§5.2): the normalised embedding is inserted after the
     context vectors of both prompts of each image (end of text one further): `(B, 2, D)`."""
     context = state["prompt_learner.context"].to(DTYPE)
-    deep = state["prompt_learner.deep_tokens"].to(DTYPE)
+    deep = (state["prompt_learner.deep_tokens"] if deep_tokens is None else deep_tokens).to(DTYPE)
     n = context.shape[1]
     embeds, eos = token_embeddings(clip, config.prompt_token_ids)
     embeds = embeds.clone()
@@ -351,13 +376,79 @@ def _size(pixels: Tensor) -> tuple[int, int]:
     return tuple(pixels.shape[-2:])
 
 
+# ------------------------------------------------------------------ windows and normal references (WinCLIP)
+def window_corners(grid: tuple[int, int], size: int) -> list[tuple[int, int]]:
+    """Top-left patch (row, col) of every `size x size` block of the patch grid at stride 1, row-major."""
+    rows, cols = grid
+    return [(top, left) for top in range(rows - size + 1) for left in range(cols - size + 1)]
+
+
+def window_coverage(grid: tuple[int, int], size: int) -> Tensor:
+    """`(N, W)` boolean: patch n (row-major) lies in window w (`window_corners` order)."""
+    cols = grid[1]
+    corners = window_corners(grid, size)
+    coverage = torch.zeros(grid[0] * cols, len(corners), dtype=torch.bool)
+    for w, (top, left) in enumerate(corners):
+        for row in range(top, top + size):
+            for col in range(left, left + size):
+                coverage[row * cols + col, w] = True
+    return coverage
+
+
+def window_sequences(hidden: Tensor, grid: tuple[int, int], size: int) -> Tensor:
+    """`(B, 1 + N, W)` embedded tokens (position embeddings added) -> `(B * windows, 1 + size^2, W)`: per
+    window, the class token and the window's block cropped from the 2-D token grid. Running the tower
+    on these equals restricting every token's attention to the class token and the window (§4.2)."""
+    cls, patches = hidden[:, :1], hidden[:, 1:].unflatten(1, grid)
+    crops = [
+        torch.cat([cls, patches[:, top : top + size, left : left + size].flatten(1, 2)], dim=1)
+        for top, left in window_corners(grid, size)
+    ]
+    return torch.stack(crops, dim=1).flatten(0, 1)
+
+
+def window_embeddings(clip, pixels: Tensor, config, size: int) -> Tensor:
+    """`(B, W, P)` window embeddings: the projected class token of each window's pass (WinCLIP §4.2)."""
+    embeds = vision_from_config(clip, pixels, config, feature_layers=[], window=size).global_embeds
+    return embeds.unflatten(0, (len(pixels), -1))
+
+
+def harmonic_to_patches(window_scores: Tensor, coverage: Tensor) -> Tensor:
+    """`(B, W)` -> `(B, N)`: per patch, the harmonic mean of the scores of the windows covering it (§4.2)."""
+    cover = coverage.to(DTYPE)
+    return cover.sum(dim=1) / (window_scores.reciprocal() @ cover.t())
+
+
+def association(queries: Tensor, references: Tensor) -> Tensor:
+    """WinCLIP Eq. 4: `(B, n)` scores 1/2 (1 - max_r cos(f, r)) of `(B, n, P)` test features against all
+    rows r of the reference images' `(k, n', P)` features of the same group."""
+    memory = normalize(references.flatten(0, 1))
+    return (1 - (normalize(queries) @ memory.t()).amax(dim=-1)) / 2
+
+
+def fuse_memory(expected: Expected, patch_scores: Tensor, grid: tuple[int, int], size: tuple[int, int],
+                config) -> Expected:
+    """The memory map M (patch scores upsampled bilinearly, blurred like the zero-shot map Z) fused by
+    `config.reference_fusion` (docs/few_shot.md): `mean` gives (Z + M) / 2 and (p + max M) / 2,
+    `memory_only` M and max M."""
+    fusion = config.reference_fusion
+    assert fusion in ("mean", "memory_only"), fusion
+    memory = gaussian_smooth(upsample(patch_scores[..., None], grid, size)[:, 0], config.gaussian_sigma)
+    peak = memory.flatten(1).amax(dim=1)
+    if fusion == "memory_only":
+        return Expected(memory, peak, expected.image_logits, expected.loss)
+    return Expected((expected.anomaly_maps + memory) / 2, (expected.pred_scores + peak) / 2, expected.image_logits,
+                    expected.loss)
+
+
 # --------------------------------------------------------------------------------------------- methods
 def _global_text_pipeline(model, pixels, text, vision, masks, labels, local_weight: float | None) -> Expected:
-    """§2.4 (AnomalyCLIP, ZeroShotCLIP): softmax patch probabilities, bilinear, mean of (S_a + 1 - S_n)/2,
-    Gaussian; score = global text probability. Loss (§2.5): CE + lambda * sum_layers(focal + dice_a + dice_n)."""
+    """§2.4 (AnomalyCLIP, ZeroShotCLIP; text `(2, D)`, or per image `(B, 2, D)` for DA-CLIP): softmax patch
+    probabilities, bilinear, mean of (S_a + 1 - S_n)/2, Gaussian; score = global text probability.
+    Loss (§2.5): CE + lambda * sum_layers(focal + dice_a + dice_n)."""
     cfg = model.config
     scale = 1.0 / cfg.temperature
-    image_logits = cosine_logits(vision.global_embeds, text, scale)
+    image_logits = cosine_logits(vision.global_embeds[:, None], text, scale)[:, 0]
     probabilities = [
         upsample(softmax(cosine_logits(p, text, scale)), vision.grid, _size(pixels)) for p in vision.patch_tokens
     ]
@@ -375,21 +466,25 @@ def zero_shot_clip(model, pixels, *, categories=None, masks=None, labels=None, t
     """ZeroShotCLIP (§2.3 ensemble on the §2.1 dense features, §2.4 maps and score)."""
     cfg, clip = model.config, float64_copy(model.clip)
     with torch.no_grad():
-        text = torch.stack([
-            mean_state_embedding(text_tower(clip, *token_embeddings(clip, ids)))
-            for ids in (cfg.normal_token_ids, cfg.anomaly_token_ids)
-        ])
-        return _global_text_pipeline(model, pixels, text, vision_from_config(clip, pixels, cfg), masks, labels, None)
+        return _global_text_pipeline(model, pixels, ensemble_text(clip, cfg), vision_from_config(clip, pixels, cfg),
+                                     masks, labels, None)
 
 
-def anomalyclip(model, pixels, *, categories=None, masks=None, labels=None, training=False) -> Expected:
-    """AnomalyCLIP (§2): learned object-agnostic prompts, V-V dual path, §2.4 maps, §2.5 loss."""
+def anomalyclip(model, pixels, *, categories=None, masks=None, labels=None, training=False,
+                normal_images=None) -> Expected:
+    """AnomalyCLIP (§2): learned object-agnostic prompts, V-V dual path, §2.4 maps, §2.5 loss. With
+    `normal_images`, the memory of their dense features (every feature layer a group, groups averaged)."""
     cfg, clip = model.config, float64_copy(model.clip)
     state = model.state_dict()
     with torch.no_grad():
         text = object_agnostic_text(clip, state, cfg)
         vision = vision_from_config(clip, pixels, cfg)
-        return _global_text_pipeline(model, pixels, text, vision, masks, labels, cfg.local_loss_weight)
+        expected = _global_text_pipeline(model, pixels, text, vision, masks, labels, cfg.local_loss_weight)
+        if normal_images is None:
+            return expected
+        references = vision_from_config(clip, normal_images, cfg).patch_tokens
+        scores = [association(q, r) for q, r in zip(vision.patch_tokens, references)]
+        return fuse_memory(expected, torch.stack(scores).mean(dim=0), vision.grid, _size(pixels), cfg)
 
 
 def headclip(model, pixels, *, categories=None, masks=None, labels=None, training=False) -> Expected:
@@ -412,6 +507,12 @@ def headclip(model, pixels, *, categories=None, masks=None, labels=None, trainin
         text = object_agnostic_text(clip, state, cfg)
         vision = vision_from_config(clip, pixels, cfg, head_weights=table, dense_head_weights=dense_table)
         expected = _global_text_pipeline(model, pixels, text, vision, masks, labels, cfg.local_loss_weight)
+    return with_image_score(expected, cfg)
+
+
+def with_image_score(expected: Expected, cfg) -> Expected:
+    """`cfg.image_score`: `global` keeps the global probability; `joint` (HeadCLIP §4.2, DA-CLIP §6.2.4)
+    makes it alpha * p_global + (1 - alpha) * pool(map), pool = max or the mean of the top fraction."""
     if cfg.image_score == "joint":
         flat = expected.anomaly_maps.flatten(1)
         if cfg.joint_score_pooling == "max":
@@ -567,9 +668,11 @@ def crane(model, pixels, *, categories=None, masks=None, labels=None, training=F
     pooled = normalize((weights * torch.stack(maps_features).mean(dim=0)).sum(dim=1))
     fused = normalize(cfg.fusion_weight * pooled + (1 - cfg.fusion_weight) * normalize(vision.global_embeds))
     image_logits = cosine_logits(fused[:, None], text, scale)[:, 0]
-    if not cfg.soft_mean:
-        raise NotImplementedError("soft_mean=False: METHODS.md §11.2 (upsample logits, mean, softmax) is issue 12's")
-    probabilities = [upsample(softmax(logits), vision.grid, size) for logits in patch_logits]
+    if cfg.soft_mean:
+        probabilities = [upsample(softmax(logits), vision.grid, size) for logits in patch_logits]
+    else:  # §11.2: each map's logits upsampled, averaged, then the softmax
+        upsampled = torch.stack([upsample(logits, vision.grid, size) for logits in patch_logits])
+        probabilities = [softmax(upsampled.mean(dim=0), dim=1)]
     maps = gaussian_smooth(probability_map(probabilities), cfg.gaussian_sigma)
     loss = None
     if labels is not None:
@@ -581,6 +684,134 @@ def crane(model, pixels, *, categories=None, masks=None, labels=None, training=F
     return Expected(maps, softmax(image_logits)[:, 1], image_logits, loss)
 
 
+def keep_top_k(probabilities: Tensor, k: int) -> Tensor:
+    """The `k` largest entries of each row renormalised to sum to 1, the others 0 (§6.2.2, §6.2.3)."""
+    kth = probabilities.sort(dim=-1, descending=True).values[..., k - 1 : k]
+    kept = torch.where(probabilities >= kth, probabilities, torch.zeros_like(probabilities))
+    return kept / kept.sum(dim=-1, keepdim=True)
+
+
+def mix_domains(bank: Tensor, weights: Tensor) -> Tensor:
+    """sum_e r_e P_e (§6.2.2): `(E, ...)` bank (a single shared set stands for every domain) and `(B, E)`
+    weights -> `(B, ...)`."""
+    bank = bank.to(DTYPE).expand(weights.shape[1], *bank.shape[1:])
+    return sum(weights[:, e].view(-1, *[1] * (bank.dim() - 1)) * bank[e] for e in range(weights.shape[1]))
+
+
+def lora_mixture(tokens: Tensor, gates: Tensor, lora_a: Tensor, lora_b: Tensor, scaling: float, mix: float) -> Tensor:
+    """DAKA's residual (§6.2.3), one expert at a time: x + beta * sum_e g_e (alpha / r) B_e A_e x for
+    `(B, N, W)` tokens, `(B, N, E)` gates, `(E, r, W)` A and `(E, W, r)` B."""
+    update = sum(gates[..., e, None] * (tokens @ lora_a[e].t() @ lora_b[e].t()) for e in range(lora_a.shape[0]))
+    return tokens + mix * scaling * update
+
+
+def squared_variation(probabilities: Tensor) -> Tensor:
+    """Load balance (§6.2.5): importance I_e = the probabilities `(..., E)` summed over all other axes;
+    var(I) / mean(I)^2, population variance."""
+    importance = probabilities.reshape(-1, probabilities.shape[-1]).sum(dim=0)
+    mean = importance.mean()
+    return ((importance - mean) ** 2).mean() / mean**2
+
+
+def equiangular_mse(vectors: Tensor) -> Tensor:
+    """Expert diversity (§6.2.5, MoECLIP's equiangular target): mean over ordered pairs i != j of
+    (cos(v_i, v_j) + 1 / (E - 1))^2 for the `(E, d)` rows; 0 for a single row."""
+    count = vectors.shape[0]
+    if count < 2:
+        return torch.zeros((), dtype=DTYPE)
+    unit = normalize(vectors.to(DTYPE))
+    pairs = [(unit[i] @ unit[j] + 1 / (count - 1)) ** 2 for i in range(count) for j in range(count) if i != j]
+    return torch.stack(pairs).mean()
+
+
+def daclip(model, pixels, *, categories=None, masks=None, labels=None, training=False) -> Expected:
+    """DA-CLIP (§6.2, our design; the choices §6.2 leaves open as docs/models/daclip.md makes them).
+
+    Router (§6.2.2) on the prompt-free e0: r = top-k renormalised softmax_e(cos(W_r e0/|e0|, k_e) / tau)
+    (§6.2.2 writes the dot product (W_r e0) . k_e; zsad reads it as this cosine). Pathway 1: the combined
+    bank sum_e r_e P_e gives each image's deep text tokens and visual prompts. Pathway 2 (§6.2.3): after
+    each DAKA layer's dense update, the patch tokens x get beta * sum_e g_e (alpha / r) B_e A_e x with
+    g = top-k renormalised softmax(Linear([x ; s])), s = mean of the combined visual prompts (r when there
+    are none); with image routing g = r for every token. Maps, score and loss as AnomalyCLIP (§2.4, §2.5),
+    plus weighted load balance (image router + mean over the token gates) and diversity (§6.2.5).
+    """
+    cfg, clip = model.config, float64_copy(model.clip)
+    state = {k: v.to(DTYPE) for k, v in model.state_dict().items() if not k.startswith("clip.")}
+    with torch.no_grad():
+        e0 = vision_from_config(clip, pixels, cfg, feature_layers=[], dense_attention=None).global_embeds
+        query = normalize(linear(normalize(e0), state["router.projection.weight"], state["router.projection.bias"]))
+        router_softmax = softmax(query @ normalize(state["domain_prompts.keys"]).t() / cfg.router_temperature)
+        router = keep_top_k(router_softmax, cfg.top_k_experts)
+        visual_prompts, condition = {}, router
+        if cfg.visual_prompt_layers:
+            visual = mix_domains(state["domain_prompts.visual_tokens"], router)  # (B, layers, n, W)
+            visual_prompts = {layer: visual[:, i] for i, layer in enumerate(cfg.visual_prompt_layers)}
+            condition = visual.mean(dim=(1, 2))
+        gate_softmax = []
+
+        def expert_layer(i: int) -> Callable[[Tensor], Tensor]:
+            prefix = f"daka.experts.{i}."
+
+            def adapt(tokens: Tensor) -> Tensor:
+                if cfg.daka_routing == "image":
+                    gates = router[:, None].expand(-1, tokens.shape[1], -1)
+                else:
+                    inputs = torch.cat([tokens, condition[:, None].expand(-1, tokens.shape[1], -1)], dim=-1)
+                    gate_softmax.append(softmax(linear(inputs, state[prefix + "gate.weight"], state[prefix + "gate.bias"])))
+                    gates = keep_top_k(gate_softmax[-1], cfg.token_top_k)
+                return lora_mixture(tokens, gates, state[prefix + "lora_A"], state[prefix + "lora_B"],
+                                    cfg.lora_alpha / cfg.lora_rank, cfg.daka_mix)
+
+            return adapt
+
+        adapters = {layer: expert_layer(i) for i, layer in enumerate(cfg.daka_layers)}
+        vision = vision_from_config(clip, pixels, cfg, visual_prompts=visual_prompts, dense_adapters=adapters)
+        deep = mix_domains(state["domain_prompts.text_tokens"], router)  # (B, layers, m, W)
+        text = torch.stack([object_agnostic_text(clip, state, cfg, deep_tokens=tokens) for tokens in deep])
+        expected = _global_text_pipeline(model, pixels, text, vision, masks, labels, cfg.local_loss_weight)
+    if expected.loss is not None:
+        load_balance = squared_variation(router_softmax)
+        if gate_softmax:
+            load_balance = load_balance + torch.stack([squared_variation(p) for p in gate_softmax]).mean()
+        prompt_sets = [state[f"domain_prompts.{name}"].flatten(1) for name in ("text_tokens", "visual_tokens")
+                       if f"domain_prompts.{name}" in state]
+        diversity = equiangular_mse(torch.cat(prompt_sets, dim=1))
+        expected.loss = expected.loss + cfg.load_balance_weight * load_balance + cfg.diversity_weight * diversity
+    return with_image_score(expected, cfg)
+
+
+def winclip(model, pixels, *, categories=None, masks=None, labels=None, training=False,
+            normal_images=None) -> Expected:
+    """WinCLIP (Jeong et al., CVPR 2023; docs/models/winclip.md): the prompt ensemble (§4.1); image score
+    softmax(cos(g, [t_n, t_a]) / T)[a] of plain CLIP; per window size, every window scored like the image
+    and taken to patches by the harmonic mean (§4.2); per patch, the harmonic mean of the image score and
+    the scales; bilinear, blur. With `normal_images`, WinCLIP+ (§4.3): their final-layer patch embeddings
+    and window embeddings of every size as memory groups, window groups taken to patches harmonically,
+    the groups averaged, fused with the zero-shot map and score."""
+    cfg, clip = model.config, float64_copy(model.clip)
+    size, scale = _size(pixels), 1.0 / cfg.temperature
+    with torch.no_grad():
+        text = ensemble_text(clip, cfg)
+        vision = vision_from_config(clip, pixels, cfg)
+        coverage = [window_coverage(vision.grid, k) for k in cfg.window_sizes]
+        windows = [window_embeddings(clip, pixels, cfg, k) for k in cfg.window_sizes]
+        image_logits = cosine_logits(vision.global_embeds, text, scale)
+        image_score = softmax(image_logits)[:, 1]
+        scales = [image_score[:, None].expand(-1, len(coverage[0]))]
+        for w, c in zip(windows, coverage):
+            scales.append(harmonic_to_patches(softmax(cosine_logits(w, text, scale))[..., 1], c))
+        combined = len(scales) / sum(s.reciprocal() for s in scales)
+        maps = gaussian_smooth(upsample(combined[..., None], vision.grid, size)[:, 0], cfg.gaussian_sigma)
+        expected = Expected(maps, image_score, image_logits)
+        if normal_images is None:
+            return expected
+        memory_patches = vision_from_config(clip, normal_images, cfg).patch_tokens
+        scores = [association(q, r) for q, r in zip(vision.patch_tokens, memory_patches)]
+        for w, k, c in zip(windows, cfg.window_sizes, coverage):
+            scores.append(harmonic_to_patches(association(w, window_embeddings(clip, normal_images, cfg, k)), c))
+        return fuse_memory(expected, torch.stack(scores).mean(dim=0), vision.grid, size, cfg)
+
+
 Reference = Callable[..., Expected]
 
 # One reference per registered method, by config `model_type`.
@@ -590,4 +821,6 @@ REFERENCES: dict[str, Reference] = {
     "zsad_adaclip": adaclip,
     "zsad_crane": crane,
     "zsad_headclip": headclip,
+    "zsad_daclip": daclip,
+    "zsad_winclip": winclip,
 }

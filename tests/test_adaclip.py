@@ -145,7 +145,7 @@ def naive_text_features(model, text_prompts):
     features = []
     for prompts in text_prompts:
         hidden = text.embeddings(input_ids=ids)
-        mask = create_causal_mask(config=text.config, inputs_embeds=hidden, attention_mask=None, past_key_values=None)
+        mask = create_causal_mask(text.config, hidden, None, None)  # config, embeds, attention mask, cache (renamed in 5.x: positional)
         for index, layer in enumerate(text.encoder.layers, start=1):
             if 2 <= index <= cfg.prompt_depth:
                 hidden = hidden.clone()

@@ -117,3 +117,46 @@ def test_model_card_is_written_with_metadata(trained_model, tmp_path):
     (tmp_path / "README.md").write_text("my own card")
     trained_model.save_pretrained(tmp_path)
     assert (tmp_path / "README.md").read_text() == "my own card"  # never overwritten silently
+
+
+@pytest.fixture()
+def umask_027():
+    previous = os.umask(0o027)
+    yield 0o640  # the mode of a new file under this umask
+    os.umask(previous)
+
+
+def _modes(folder):
+    return {str(path.relative_to(folder)): oct(path.stat().st_mode & 0o777) for path in folder.rglob("*") if path.is_file()}
+
+
+def test_saved_files_follow_the_umask(tiny_backbone, trained_model, tmp_path, umask_027):
+    """safetensors writes through a private (0600) temporary file; every file a save produces must have the
+    mode of any other new file instead (here 0640 under umask 027), and an overwritten file keeps its mode."""
+    from accelerate import Accelerator
+
+    from zsad.file_modes import save_safetensors
+    from zsad.testing import save_tiny_backbone
+    from zsad.training import build_optimizer, register_adapter_checkpointing
+
+    save_tiny_backbone(tmp_path / "backbone")
+    trained_model.save_pretrained(tmp_path / "adapters")
+    trained_model.save_pretrained(tmp_path / "full", save_backbone=True)
+    ZeroShotCLIPModel.from_backbone(tiny_backbone, image_size=28).save_pretrained(tmp_path / "training-free")
+    with_references = AnomalyCLIPModel.from_backbone(tiny_backbone, image_size=28)
+    with_references.set_normal_references(torch.randn(2, 3, 28, 28))
+    (tmp_path / "references").mkdir()
+    with_references.save_normal_references(tmp_path / "references" / "normal.safetensors")
+    accelerator = Accelerator(cpu=True)
+    model, _ = accelerator.prepare(with_references, build_optimizer(with_references, learning_rate=None))
+    register_adapter_checkpointing(accelerator)
+    accelerator.save_state(str(tmp_path / "state"))
+    modes = _modes(tmp_path)
+    assert {"backbone/model.safetensors", "adapters/model.safetensors", "full/model.safetensors",
+            "training-free/model.safetensors", "state/adapter_model_0.safetensors"} <= set(modes)
+    assert set(modes.values()) == {oct(umask_027)}, modes
+
+    shared = tmp_path / "references" / "normal.safetensors"
+    shared.chmod(0o644)
+    save_safetensors({"x": torch.zeros(1)}, shared)
+    assert shared.stat().st_mode & 0o777 == 0o644

@@ -92,3 +92,14 @@ def test_bad_inputs_exit_2(argv, message, tmp_path, capsys):
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "detect" in capsys.readouterr().err
+
+
+def test_train_help_lists_the_training_flags(capsys):
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: zsad train ")
+    for flag in ("--method", "--dataset", "--backbone", "--train-batch-size", "--max-train-steps",
+                 "--resume-from-checkpoint", "--output-dir", "--overwrite", "--debug"):
+        assert flag in out, flag
+    assert "accelerate launch -m zsad.train" in out  # how to train on several GPUs
+    assert main(["--help"]) == 0 and "train " in capsys.readouterr().out

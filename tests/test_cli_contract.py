@@ -159,23 +159,32 @@ def test_offline_first_run_fails_fast_with_the_recipe(tmp_path):
 
 TRAIN_ROWS = [
     ("bad dataset", ["--dataset", "{root}/no-such-data"], "no-such-data"),
+    ("mistyped dataset name", ["--dataset", "mvtec_typo"],
+     "dataset not found: there is no local file or folder {cwd}/mvtec_typo, and 'mvtec_typo' is not a reachable Hub"),
     ("bad category", ["--dataset", "{root}/grid", "--categories", "bottle"], "bottle"),
     ("batch size 0", ["--dataset", "{root}/grid", "--train_batch_size", "0"], "got 0"),
     ("existing output dir", ["--dataset", "{root}/grid", "--output_dir", "{root}/full"], "--overwrite"),
 ]
 
 
+@pytest.mark.parametrize("entry", ["train.py", "zsad train"])
 @pytest.mark.parametrize(("argv", "expected"), [row[1:] for row in TRAIN_ROWS], ids=[row[0] for row in TRAIN_ROWS])
-def test_train_script_user_errors_are_one_line_exit_2(world, argv, expected, tmp_path):
-    argv = [a.format(root=world["root"]) for a in argv]
+def test_train_user_errors_are_one_line_exit_2(world, entry, argv, expected, tmp_path, monkeypatch, capsys):
+    """Through examples/train.py in a subprocess, and through `zsad train` in this process."""
+    argv = ["--method", "anomalyclip", "--backbone", world["backbone"], "--image_size", "28",
+            *(a.format(root=world["root"]) for a in argv)]
     if "--output_dir" not in argv:
         argv += ["--output_dir", str(tmp_path / "out")]
-    result = subprocess.run([sys.executable, str(ROOT / "examples" / "train.py"), "--method", "anomalyclip",
-                             "--backbone", world["backbone"], "--image_size", "28", *argv],
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True, env=_env(tmp_path), timeout=300)
-    assert result.returncode == 2
-    line = _one_error_line(result.stderr)
-    assert line.startswith("train.py: error: ") and expected in line
+    if entry == "train.py":
+        result = subprocess.run([sys.executable, str(ROOT / "examples" / "train.py"), *argv], cwd=tmp_path,
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True, env=_env(tmp_path), timeout=300)
+        code, stderr = result.returncode, result.stderr
+    else:
+        monkeypatch.chdir(tmp_path)
+        code, stderr = main(["train", *argv]), capsys.readouterr().err
+    assert code == 2
+    line = _one_error_line(stderr)
+    assert line.startswith(f"{entry}: error: ") and expected.format(cwd=tmp_path) in line
     assert sorted(p.name for p in (world["root"] / "full").iterdir()) == ["old.txt"]  # nothing written
 
 

@@ -49,7 +49,7 @@ def test_deep_prompts_and_context_equal_naive_loop(clip, input_ids):
         # naive: HF layers with an explicit causal mask, overwrite positions 1..2 before layer 2
         text = clip.text_model
         hidden = text.embeddings(inputs_embeds=token_embeds)
-        mask = create_causal_mask(config=text.config, inputs_embeds=hidden, attention_mask=None, past_key_values=None)
+        mask = create_causal_mask(text.config, hidden, None, None)  # config, embeds, attention mask, cache (renamed in 5.x: positional)
         for index, layer in enumerate(text.encoder.layers, start=1):
             if index in deep:
                 hidden = hidden.clone()

@@ -265,7 +265,7 @@ def test_conditioned_prompts_equal_naive_computation(crane):
             token = (g / g.norm()).expand(2, 1, -1)
             embeds = torch.cat([embeds[:, :13], token, embeds[:, 13:-1]], dim=1)  # still 77 positions
             hidden = text_model.embeddings(inputs_embeds=embeds)
-            mask = create_causal_mask(config=text_model.config, inputs_embeds=hidden, attention_mask=None, past_key_values=None)
+            mask = create_causal_mask(text_model.config, hidden, None, None)  # config, embeds, attention mask, cache (renamed in 5.x: positional)
             for index, layer in enumerate(text_model.encoder.layers, start=1):
                 if index in model.config.deep_prompt_layers:
                     hidden = hidden.clone()

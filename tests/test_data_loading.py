@@ -212,14 +212,19 @@ def test_schema_errors_are_clear(tmp_path):
         load_anomaly_dataset(tmp_path / "three")
 
 
-def test_load_errors_name_the_source(converted, tmp_path):
+def test_load_errors_name_the_source(converted, tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"has no split 'validation'; available splits: \['train', 'test'\]"):
         load_anomaly_dataset(converted / "parquet", split="validation", **kwargs(tmp_path))
     with pytest.raises(DataError, match=r"has no category \['bottle'\]"):
         load_anomaly_dataset(converted / "parquet", categories=["bottle"], **kwargs(tmp_path))
     with pytest.raises(DataError, match=r"dataset not found: .*nowhere/at/all does not exist"):
         load_anomaly_dataset(tmp_path / "nowhere" / "at" / "all")
-    with pytest.raises(DataError, match=r"cannot load anomaly dataset 'someone/not-a-dataset' \(not a local path"):
+    monkeypatch.chdir(tmp_path)  # a mistyped name is first of all a local folder that is not there
+    with pytest.raises(DataError, match=rf"dataset not found: there is no local file or folder {tmp_path}/mvtec_typo, "
+                                        "and 'mvtec_typo' is not a reachable Hub dataset either"):
+        load_anomaly_dataset("mvtec_typo", **kwargs(tmp_path))
+    with pytest.raises(DataError, match=r"dataset not found: 'someone/not-a-dataset' is not a reachable Hub dataset "
+                                        rf".*, and there is no local file or folder {tmp_path}/someone/not-a-dataset either"):
         load_anomaly_dataset("someone/not-a-dataset", **kwargs(tmp_path))
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(DataError, match=r"single file must be a \.parquet file"):

@@ -1,4 +1,4 @@
-"""`accelerate launch examples/train.py` / `examples/evaluate.py` in subprocesses (diffusers' pattern)."""
+"""`accelerate launch examples/train.py` / `examples/evaluate.py` and `zsad train` in subprocesses (diffusers' pattern)."""
 
 import json
 import os
@@ -55,6 +55,35 @@ def _adapters(folder):
     return load_file(str(Path(folder) / "model.safetensors"))
 
 
+@pytest.fixture(scope="module")
+def script_model(launch, tiny_backbone, synthetic_data, tmp_path_factory):
+    """Two training steps on the grid data through `accelerate launch examples/train.py`."""
+    out = tmp_path_factory.mktemp("script") / "model"
+    launch("train.py", *_train_args(tiny_backbone, synthetic_data / "grid", out, 2))
+    return out
+
+
+def test_zsad_train_trains_like_the_script(script_model, tiny_backbone, synthetic_data, tmp_path):
+    """The installed `zsad train` runs the script's training in one process: the same adapters, a complete
+    output folder, every file readable by others (umask 022)."""
+    out = tmp_path / "model"
+    args = _train_args(tiny_backbone, synthetic_data / "grid", out, 2)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "HF_HOME": str(tmp_path / "hf-home")}
+    result = subprocess.run([sys.executable, "-m", "zsad.cli", "train", *map(str, args)], stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, env=env, timeout=600, preexec_fn=lambda: os.umask(0o022))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"saved the trained adapters to {out}" in result.stdout
+    ours, script = _adapters(out), _adapters(script_model)
+    assert set(ours) == set(script) == {"prompt_learner.context", "prompt_learner.deep_tokens"}
+    for name in ours:
+        assert (ours[name] == script[name]).all(), name
+    assert [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()] == [1, 2]
+    files = [path for path in out.rglob("*") if path.is_file()]
+    assert {"README.md", "config.json", "adapter_model_0.safetensors", "optimizer.bin"} <= {f.name for f in files}
+    assert {f.name: oct(f.stat().st_mode & 0o777) for f in files if f.stat().st_mode & 0o777 != 0o644} == {}
+
+
 def test_train_resume_equals_uninterrupted(launch, tiny_backbone, synthetic_data, tmp_path):
     data = synthetic_data / "grid"  # 12 images, batch 4: 3 steps per epoch, so 5 steps cross an epoch
     launch("train.py", *_train_args(tiny_backbone, data, tmp_path / "full", 5))
@@ -97,9 +126,8 @@ def test_training_without_masks_uses_the_image_loss(launch, tiny_backbone, synth
     assert (tmp_path / "out" / "model.safetensors").exists()
 
 
-def test_evaluate_two_processes_equal_one(launch, tiny_backbone, synthetic_data, tmp_path):
-    launch("train.py", *_train_args(tiny_backbone, synthetic_data / "grid", tmp_path / "model", 2))
-    args = ["--model", tmp_path / "model", "--datasets", synthetic_data / "grid", "--batch_size", 5, "--report_cflow"]
+def test_evaluate_two_processes_equal_one(launch, script_model, synthetic_data, tmp_path):
+    args = ["--model", script_model, "--datasets", synthetic_data / "grid", "--batch_size", 5, "--report_cflow"]
     launch("evaluate.py", *args, "--output_dir", tmp_path / "one", num_processes=1)
     launch("evaluate.py", *args, "--output_dir", tmp_path / "two", "--heatmaps_per_category", 2, num_processes=2)
     one = json.loads((tmp_path / "one" / "grid" / "metrics.json").read_text())

@@ -2,20 +2,17 @@
 pinned to METHODS.md, one table per method with the section each value comes from.
 
 The configs build offline (the ViT-L/14@336 architecture is built in); the optimiser is built over a
-meta-device model, and `examples/train.py` must resolve its defaults from the same table.
+meta-device model, and `zsad train` / `examples/train.py` must resolve its defaults from the same table.
 """
-
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
 from zsad import AdaCLIPConfig, AdaCLIPModel, AnomalyCLIPConfig, AnomalyCLIPModel, CraneConfig, CraneModel
-from zsad import ZeroShotCLIPConfig
+from zsad import DACLIPConfig, ZeroShotCLIPConfig
+from zsad.train import parse_args
 from zsad.training import build_optimizer
 
-ROOT = Path(__file__).resolve().parents[1]
 
 # (config field, METHODS.md value, section)
 ANOMALYCLIP = [
@@ -97,6 +94,27 @@ CRANE_TRAINING = {  # §5.4: Adam, lr 1e-3, betas (0.6, 0.999), batch 8, 5 epoch
     "batch_size": 8, "num_epochs": 5, "seed": 111,
 }
 
+DACLIP = ANOMALYCLIP + [  # §6.2: AnomalyCLIP's pipeline and prompts (deep text tokens: 4 x layers 2..9), plus
+    ("num_experts", 4, "§6.2.1 E = 4 experts/domains"),
+    ("visual_prompt_length", 4, "§6.2.1 P^v_e in R^{4 x 1024}"),
+    ("visual_prompt_layers", [1, 2, 3, 4], "§6.2.1 vision layers 1..4"),
+    ("router_temperature", 0.1, "§6.2.2 tau = 0.1"),
+    ("top_k_experts", 2, "§6.2.2 keep top-2 experts"),
+    ("daka_layers", [6, 12, 18, 24], "§6.2.3 vision layers {6, 12, 18, 24}"),
+    ("lora_rank", 8, "§6.2.3 rank 8"),
+    ("lora_alpha", 16.0, "§6.2.3 alpha 16"),
+    ("daka_mix", 0.1, "§6.2.3 beta = 0.1"),
+    ("token_top_k", 2, "§6.2.3 top-2 per token"),
+    ("daka_routing", "token", "§6.2.3 per-token gates"),
+    ("per_domain_prompts", True, "§6.2.1 each domain owns its prompts"),
+    ("load_balance_weight", 0.01, "§6.2.5 0.01 * load balance"),
+    ("diversity_weight", 0.01, "§6.2.5 0.01 * diversity"),
+]
+DACLIP_TRAINING = {  # §6.2.6: Adam lr 1e-3 for prompts/keys, 1e-4 for LoRA and routers, betas (0.5, 0.999), batch 8, 15 epochs
+    "optimizer": "adam", "learning_rate": 1e-3, "learning_rate_scales": {"experts": 0.1}, "betas": (0.5, 0.999),
+    "weight_decay": 0.0, "batch_size": 8, "num_epochs": 15, "seed": 111,
+}
+
 ZERO_SHOT_CLIP = [
     ("image_size", 518, "§1 input resolution 518x518"),
     ("pos_embed_interpolation", "bilinear", "§1 the AnomalyCLIP code's baseline"),
@@ -115,6 +133,7 @@ TABLES = {
     "adaclip": (AdaCLIPConfig, {}, ADACLIP, ADACLIP_TRAINING),
     "crane": (CraneConfig, {}, CRANE, CRANE_TRAINING),
     "crane+": (CraneConfig, {"dino_attention": True}, CRANE_PLUS, CRANE_TRAINING),
+    "daclip": (DACLIPConfig, {}, DACLIP, DACLIP_TRAINING),
     "zsad_clip": (ZeroShotCLIPConfig, {}, ZERO_SHOT_CLIP, None),
 }
 
@@ -156,16 +175,12 @@ def test_build_optimizer_uses_the_methods_optimiser(model_class, training):
     )
 
 
-def _train_script():
-    spec = importlib.util.spec_from_file_location("zsad_train_script", ROOT / "examples" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.mark.parametrize(("method", "training"), [("anomalyclip", ANOMALYCLIP_TRAINING), ("adaclip", ADACLIP_TRAINING), ("crane", CRANE_TRAINING)])
+@pytest.mark.parametrize(
+    ("method", "training"),
+    [("anomalyclip", ANOMALYCLIP_TRAINING), ("adaclip", ADACLIP_TRAINING), ("crane", CRANE_TRAINING), ("daclip", DACLIP_TRAINING)],
+)
 def test_train_script_defaults_are_the_methods(method, training):
-    args = _train_script().parse_args(["--method", method, "--dataset", "data/x", "--output_dir", "out"])
+    args = parse_args(["--method", method, "--dataset", "data/x", "--output_dir", "out"])
     assert (args.train_batch_size, args.num_train_epochs, args.seed) == (
         training["batch_size"], training["num_epochs"], training["seed"]
     )

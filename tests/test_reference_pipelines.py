@@ -1,9 +1,10 @@
 """Every registered method against its independent end-to-end reference (tests/reference_pipelines.py).
 
 The references rebuild maps, scores and losses from transformers' CLIP (and DINOv2) modules and the
-METHODS.md formulas, never through zsad's code; the backbones have random biases and LayerNorms, the
-input (56 px) needs position-embedding interpolation, and the learned tensors are perturbed so that they
-matter. Maps and scores must agree to 1e-5.
+METHODS.md formulas (WinCLIP and the normal references: the paper as the docs summarise it), never
+through zsad's code; the backbones have random biases and LayerNorms, the input (56 px) needs
+position-embedding interpolation, and the learned tensors are perturbed so that they matter. Maps and
+scores must agree to 1e-5.
 """
 
 import ast
@@ -14,7 +15,7 @@ import torch
 from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
 import zsad
-from zsad import AdaCLIPModel, AnomalyCLIPModel, CraneModel, HeadCLIPModel, ZeroShotCLIPModel
+from zsad import AdaCLIPModel, AnomalyCLIPModel, CraneModel, DACLIPModel, HeadCLIPModel, WinCLIPModel, ZeroShotCLIPModel
 from zsad.testing import randomize_biases_and_norms, save_tiny_backbone
 
 from reference_pipelines import REFERENCES
@@ -27,13 +28,33 @@ CATEGORIES = ["pcb", "candle"]
 CASES = {
     "zsad_clip": (ZeroShotCLIPModel, {}, None),
     "anomalyclip": (AnomalyCLIPModel, {}, None),
+    "anomalyclip_two_layers": (AnomalyCLIPModel, {"feature_layers": [2, 4]}, None),
     "adaclip_hsf": (AdaCLIPModel, {"class_names": ["candle", "pcb"]}, CATEGORIES),
     "adaclip_no_hsf": (AdaCLIPModel, {"class_names": ["candle", "pcb"], "hybrid_semantic_fusion": False}, CATEGORIES),
     "crane": (CraneModel, {}, None),
     "crane_conditioned": (CraneModel, {"prompt_conditioning": "always"}, None),
     "crane_plus": (CraneModel, {"dino_attention": True}, None),
+    "crane_plus_no_soft_mean": (CraneModel, {"dino_attention": True, "soft_mean": False}, None),
     "headclip": (HeadCLIPModel, {}, None),
     "headclip_dynamic_dense": (HeadCLIPModel, {"head_weight_mode": "dynamic", "head_weight_streams": "dense"}, None),
+    # default: 4 experts, top-2 router and token gates, visual prompts at layer 1, DAKA at layers 2-4
+    "daclip": (DACLIPModel, {}, None),
+    # 3 experts, visual prompts appended and then replaced (the gates see their mean over 3 layers x 2 tokens)
+    "daclip_deep_visual_prompts": (
+        DACLIPModel,
+        {"num_experts": 3, "visual_prompt_layers": [1, 2, 3], "visual_prompt_length": 2, "daka_layers": [2, 4]},
+        None,
+    ),
+    # image-level DAKA routing (no gates) and one prompt set shared by all domains: the router acts on DAKA only
+    "daclip_image_routing": (DACLIPModel, {"daka_routing": "image", "per_domain_prompts": False}, None),
+    # no visual prompts: the token gates see the router weights; top-1 gates, top-3 of 5 domains, joint score
+    "daclip_router_conditioned_gates": (
+        DACLIPModel,
+        {"num_experts": 5, "top_k_experts": 3, "token_top_k": 1, "visual_prompt_layers": [], "image_score": "joint"},
+        None,
+    ),
+    "winclip": (WinCLIPModel, {}, None),
+    "winclip_windows_1_4_blurred": (WinCLIPModel, {"window_sizes": [1, 4], "gaussian_sigma": 4.0}, None),
 }
 
 
@@ -57,7 +78,8 @@ def dino_backbone(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def models(backbone, dino_backbone):
-    """Each case's model, built once: learned prompt tensors perturbed so that they matter."""
+    """Each case's model, built once: learned prompt tensors (and DA-CLIP's LoRA B, zero at init) perturbed
+    so that they matter."""
     built = {}
 
     def get(case: str):
@@ -70,7 +92,7 @@ def models(backbone, dino_backbone):
             generator = torch.Generator().manual_seed(1)
             with torch.no_grad():
                 for name, parameter in model.named_parameters():
-                    if parameter.requires_grad and ("prompt" in name or "head_weights" in name):
+                    if parameter.requires_grad and any(part in name for part in ("prompt", "head_weights", "lora_B")):
                         parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
             built[case] = model
         return built[case]
@@ -88,10 +110,7 @@ def _assert_close(ours: torch.Tensor, expected: torch.Tensor, what: str) -> None
 
 
 # Methods whose independent reference their author still owes (issue 9 asks one of every method).
-PENDING = {
-    "zsad_daclip": "issue 10 (DA-CLIP landed after the references were written)",
-    "zsad_winclip": "issue 16 (WinCLIP landed after the references were written)",
-}
+PENDING: dict[str, str] = {}
 
 
 def test_every_registered_method_has_a_reference():
@@ -122,10 +141,14 @@ def test_maps_and_scores_equal_the_independent_reference(models, case):
     _assert_close(out.image_logits.softmax(-1), expected.image_logits.softmax(-1), "image probabilities")
 
 
-@pytest.mark.parametrize("case", ["anomalyclip", "adaclip_hsf", "crane", "crane_plus", "headclip"])
+@pytest.mark.parametrize(
+    "case",
+    ["anomalyclip", "adaclip_hsf", "crane", "crane_plus", "headclip", "daclip", "daclip_image_routing",
+     "daclip_router_conditioned_gates"],
+)
 def test_training_loss_equals_the_independent_reference(models, case):
-    """The loss (METHODS.md §2.5, §3.4, §5.4) from the reference's own logits, in training mode (Crane
-    conditions its prompts there)."""
+    """The loss (METHODS.md §2.5, §3.4, §5.4, §6.2.5 with DA-CLIP's auxiliary terms) from the reference's own
+    logits, in training mode (Crane conditions its prompts there)."""
     model, categories = models(case), CASES[case][2]
     pixels = _pixels()
     masks = torch.zeros(2, SIZE, SIZE)
@@ -140,3 +163,26 @@ def test_training_loss_equals_the_independent_reference(models, case):
         model, pixels, categories=categories, masks=masks, labels=labels, training=True
     ).loss
     assert abs(loss.item() - expected.item()) < TOLERANCE * max(1.0, abs(expected.item())), (loss.item(), expected.item())
+
+
+@pytest.mark.parametrize(("case", "fusion"), [("winclip", "mean"), ("anomalyclip_two_layers", "memory_only")])
+def test_normal_references_equal_the_independent_reference(models, case, fusion):
+    """WinCLIP+ (§4.3: patch and window memories, fused by the mean) and the memory map alone on a model
+    with two feature layers, from two random normal images."""
+    model = models(case)
+    pixels = _pixels()
+    normal = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(8))
+    default_fusion = model.config.reference_fusion
+    try:
+        model.config.reference_fusion = fusion
+        with torch.no_grad():
+            zero_shot = model(pixels).anomaly_maps
+            model.set_normal_references(normal)
+            out = model(pixels)
+        expected = REFERENCES[model.config.model_type](model, pixels, normal_images=normal)
+    finally:
+        model.clear_normal_references()
+        model.config.reference_fusion = default_fusion
+    assert (out.anomaly_maps - zero_shot).abs().max() > 1e-3, "the normal references do not change the maps"
+    _assert_close(out.anomaly_maps, expected.anomaly_maps, "few-shot anomaly maps")
+    _assert_close(out.pred_scores, expected.pred_scores, "few-shot image scores")

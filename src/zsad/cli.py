@@ -1,4 +1,5 @@
-"""The `zsad` command line: `zsad detect`, `zsad evaluate`, `zsad convert` (more subcommands register here).
+"""The `zsad` command line: `zsad detect`, `zsad evaluate`, `zsad convert`, `zsad train` (more subcommands
+register here).
 
 Every subcommand follows the error contract of `zsad.cli_utils` (one line, exit 2, `--debug`). This
 module imports neither torch nor transformers at import time, so `zsad --help` answers at once.
@@ -416,8 +417,8 @@ def add_evaluate_command(subparsers) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `zsad` parser. `convert` is listed here and parsed by `zsad.data.cli` (see `main`), so
-    building this parser imports nothing heavy."""
+    """The `zsad` parser. `convert` and `train` are listed here and parsed by their own modules
+    (`run_own_parser_command`), so building this parser imports nothing heavy."""
     parser = ArgumentParser(prog="zsad", description="Zero-shot anomaly detection with CLIP.")
     parser.add_argument("--version", action="version", version=f"zsad {__version__}")
     add_debug_flag(parser)
@@ -429,18 +430,30 @@ def build_parser() -> argparse.ArgumentParser:
     register_hub_commands(subparsers)
     subparsers.add_parser("convert", add_help=False,
                           help="convert an anomaly-detection dataset on disk to the zsad schema (parquet or imagefolder)")
+    subparsers.add_parser("train", add_help=False,
+                          help="train a method's adapters in this process (on several GPUs: accelerate launch -m zsad.train)")
     return parser
+
+
+def run_own_parser_command(argv: list[str]) -> int:
+    """`zsad convert ...` and `zsad train ...`, whose modules parse their own options: imported only when
+    they run, so that `zsad --help` stays light."""
+    try:
+        if argv[0] == "convert":
+            from .data.cli import main as convert_main
+
+            return convert_main(argv)
+        from .train import main as train_main
+
+        return train_main(argv[1:], prog="zsad train", launcher=["zsad", "train"])
+    except SystemExit as done:  # --help, or a one-line usage error (exit 2)
+        return done.code if isinstance(done.code, int) else 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["convert"]:
-        from .data.cli import main as convert_main
-
-        try:
-            return convert_main(argv)
-        except SystemExit as done:
-            return done.code if isinstance(done.code, int) else 2
+    if argv[:1] in (["convert"], ["train"]):
+        return run_own_parser_command(argv)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

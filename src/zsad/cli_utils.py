@@ -1,4 +1,4 @@
-"""The error contract shared by every zsad command (`zsad ...`, `examples/train.py`, `examples/evaluate.py`).
+"""The error contract shared by every zsad command (`zsad ...`, `zsad train`, the example scripts).
 
 A user error (a bad flag value, a missing file, an unusable output folder, unreadable data, a backbone
 that cannot be downloaded) ends the command with exit status 2 and exactly one line on stderr,

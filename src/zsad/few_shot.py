@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
+
+from .file_modes import save_safetensors
 
 REFERENCE_FUSIONS = ("mean", "memory_only", "zero_shot_only")
 REFERENCES_FORMAT = "zsad-normal-references"
@@ -56,7 +57,7 @@ class NormalReferences:
             "num_images": str(self.num_images),
             "model_type": self.model_type,
         }
-        save_file(tensors, os.fspath(path), metadata=metadata)
+        save_safetensors(tensors, path, metadata=metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> NormalReferences:

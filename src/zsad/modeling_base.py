@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoTokenizer, CLIPConfig, CLIPModel, PreTrainedConfig, PreTrainedModel
 from transformers.activations import ACT2FN
@@ -26,6 +25,7 @@ from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput
 from .clip.processing import ZSADImageProcessor
 from .clip.text import TokenizedPrompts
 from .clip.vision import DENSE_ATTENTION_KINDS, VisionFeatures, encode_image
+from .file_modes import follow_umask, save_safetensors
 from .few_shot import REFERENCE_FUSIONS, NormalReferences, association_scores, fuse, split_categories
 from .hub.remote_code import IMAGE_PROCESSOR_AUTO_MAP, write_remote_code_shim
 from .scoring import (
@@ -406,12 +406,12 @@ class ZSADPreTrainedModel(PreTrainedModel):
             if not weights.exists() and kwargs.get("state_dict") == {}:
                 # A training-free model has no adapter tensor; transformers then writes no weights file,
                 # which from_pretrained requires.
-                save_file({}, weights, metadata={"format": "pt"})
+                save_safetensors({}, weights, metadata={"format": "pt"})
             processor = self.image_processor()
             processor.auto_map = IMAGE_PROCESSOR_AUTO_MAP  # AutoImageProcessor with trust_remote_code, no import
             processor.save_pretrained(save_directory)
             write_model_card(self, save_directory, overwrite=False)
-            respect_umask(save_directory)
+            follow_umask(save_directory)
         finally:
             self.config.save_backbone = previous
 
@@ -765,16 +765,6 @@ class ZSADPreTrainedModel(PreTrainedModel):
             **self.output_extras(scored.features),
         )
         return output if return_dict is not False else output.to_tuple()
-
-
-def respect_umask(folder: str | os.PathLike) -> None:
-    """Give the files in `folder` that were written through private temporary files (mode 0600, as
-    transformers does for weights) the permissions of any new file of this process (the umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in Path(folder).iterdir():
-        if path.is_file() and path.stat().st_mode & 0o777 == 0o600:
-            path.chmod(0o666 & ~umask)
 
 
 def backbone_reference(backbone_name_or_path: str | os.PathLike) -> str:

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, CLIPConfig, CLIPModel, CLIPTokenizer
 
+from .file_modes import follow_umask
+
 _CHARACTERS = string.ascii_lowercase + string.digits + ".,-'"
 _SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 
@@ -121,6 +123,7 @@ def save_tiny_backbone(path: str | os.PathLike, seed: int = 0, **config_kwargs) 
     path = Path(path)
     tiny_clip_model(seed, **config_kwargs).save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
+    follow_umask(path)
     return path
 
 
@@ -131,6 +134,7 @@ def save_random_backbone(architecture: str | os.PathLike, path: str | os.PathLik
     path = Path(path)
     CLIPModel(CLIPConfig.from_pretrained(architecture)).save_pretrained(path)
     AutoTokenizer.from_pretrained(architecture).save_pretrained(path)
+    follow_umask(path)
     return path
 
 

@@ -1,4 +1,4 @@
-"""Training helpers for `examples/train.py`: models by method name, the method's
+"""Training helpers for `zsad.train` (`zsad train`, `examples/train.py`): models by method name, the method's
 optimiser, a resumable deterministic shuffle, adapter-only Accelerate checkpoints, batch -> inputs."""
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.utils.data import Sampler
 
 from . import MODEL_CLASSES
+from .file_modes import save_safetensors
 from .modeling_base import ZSADPreTrainedModel
 
 ADAPTER_CHECKPOINT_NAME = "adapter_model_{index}.safetensors"
@@ -130,7 +131,7 @@ def register_adapter_checkpointing(accelerator) -> None:
             for index, model in enumerate(models):
                 state = accelerator.unwrap_model(model).adapter_state_dict()
                 tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in state.items()}
-                save_file(tensors, os.path.join(output_dir, ADAPTER_CHECKPOINT_NAME.format(index=index)), metadata={"format": "pt"})
+                save_safetensors(tensors, os.path.join(output_dir, ADAPTER_CHECKPOINT_NAME.format(index=index)), metadata={"format": "pt"})
         weights.clear()  # nothing left for Accelerate's full-model dump
 
     def load_adapters(models, input_dir):

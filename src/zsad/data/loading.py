@@ -16,6 +16,7 @@ from typing import Any, Optional, Union
 import datasets
 import pyarrow.compute as pc
 
+from ..cli_utils import first_line
 from .errors import DataError, DataWarning, SchemaError
 from .schema import ANOMALY, ensure_schema
 
@@ -47,6 +48,17 @@ def _refuse_raw_layout(folder: Path) -> None:
                         "pass OUT", folder)
 
 
+def _not_found(source: str, path: Path, error: Exception) -> DataError:
+    """`source` is neither a local file or folder nor a reachable Hub dataset. A name whose parent folder
+    exists (`mvtec_typo`, `data/vsia`) is most likely a mistyped path, so that is said first."""
+    local = f"there is no local file or folder {os.path.abspath(path)}"
+    hub = f"{source!r} is not a reachable Hub dataset"
+    reason = f"({type(error).__name__}: {first_line(error)})"
+    if path.parent.is_dir():
+        return DataError(f"dataset not found: {local}, and {hub} either {reason}", source)
+    return DataError(f"dataset not found: {hub} {reason}, and {local} either", source)
+
+
 def _load(source: str, split: Optional[str], streaming: bool, kwargs: dict[str, Any]) -> AnyDataset:
     path = Path(source).expanduser()
     try:
@@ -71,10 +83,12 @@ def _load(source: str, split: Optional[str], streaming: bool, kwargs: dict[str, 
             _refuse_raw_layout(path)
             return datasets.load_dataset(str(path), streaming=streaming, **kwargs)
         if _looks_like_path(source):
-            raise DataError(f"dataset not found: {path} does not exist", path)
+            raise DataError(f"dataset not found: {os.path.abspath(path)} does not exist", path)
         return datasets.load_dataset(source, streaming=streaming, **kwargs)
     except DataError:
         raise
+    except (datasets.exceptions.DatasetNotFoundError, ConnectionError) as error:
+        raise _not_found(source, path, error) from error
     except (FileNotFoundError, ValueError, ConnectionError, OSError, RuntimeError) as error:
         where = str(path) if path.exists() else f"'{source}' (not a local path; tried the Hugging Face Hub)"
         raise DataError(f"cannot load anomaly dataset {where}: {type(error).__name__}: {error}", source) from error

@@ -143,7 +143,7 @@ def dataset_card(folder: Path, repo_id: str, license: str | None) -> str:
     lines += [
         f"Anomaly-detection images converted by `zsad convert {zsad_info.get('converter', '?')}` from "
         f"`{zsad_info.get('source', '?')}`, in zsad's anomaly-detection schema. Train or evaluate on it with "
-        f"`examples/train.py --dataset {repo_id}` or `zsad.data.load_anomaly_dataset(\"{repo_id}\")`.",
+        f"`zsad train --dataset {repo_id} ...` or `zsad.data.load_anomaly_dataset(\"{repo_id}\")`.",
         "",
         f"- **Source:** `{zsad_info.get('source', '?')}` (layout `{zsad_info.get('converter', '?')}`)",
         f"- **License of the images:** {license} (the source dataset's license)",
