@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from transformers import AutoModel, Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+from transformers import AutoModel, Dinov2Config, Dinov2Model, Dinov2WithRegistersModel
 from transformers.masking_utils import create_causal_mask
 
 from zsad import CraneConfig, CraneModel
@@ -16,7 +16,13 @@ from zsad.clip.text import eos_positions
 from zsad.losses import dice_loss, focal_loss
 from zsad.models.crane.modeling_crane import dino_guided_attention
 from zsad.scoring import gaussian_blur
-from zsad.testing import optimizer_steps, randomize_biases_and_norms, save_tiny_backbone, tiny_clip_config
+from zsad.testing import (
+    optimizer_steps,
+    randomize_biases_and_norms,
+    save_tiny_backbone,
+    save_tiny_dino_backbone,
+    tiny_clip_config,
+)
 
 SIZE = 56  # 14 x 14 patches
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -31,14 +37,7 @@ def backbone(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dino_backbone(tmp_path_factory):
-    torch.manual_seed(1)
-    config = Dinov2WithRegistersConfig(
-        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, patch_size=4,
-        image_size=28, num_register_tokens=2,
-    )
-    path = tmp_path_factory.mktemp("tiny-dinov2-reg")
-    randomize_biases_and_norms(Dinov2WithRegistersModel(config), seed=1).save_pretrained(path)
-    return str(path)
+    return str(save_tiny_dino_backbone(tmp_path_factory.mktemp("tiny-dinov2-reg"), seed=1))
 
 
 def _perturb(model):

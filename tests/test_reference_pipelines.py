@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
 import zsad
 from zsad import AdaCLIPModel, AnomalyCLIPModel, CraneModel, DACLIPModel, HeadCLIPModel, WinCLIPModel, ZeroShotCLIPModel
-from zsad.testing import randomize_biases_and_norms, save_tiny_backbone
+from zsad.testing import save_tiny_backbone, save_tiny_dino_backbone
 
 from reference_pipelines import REFERENCES
 
@@ -66,14 +65,7 @@ def backbone(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def dino_backbone(tmp_path_factory) -> str:
-    torch.manual_seed(4)
-    config = Dinov2WithRegistersConfig(
-        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, patch_size=4,
-        image_size=28, num_register_tokens=2,
-    )
-    path = tmp_path_factory.mktemp("tiny-dinov2-reference")
-    randomize_biases_and_norms(Dinov2WithRegistersModel(config), seed=4).save_pretrained(path)
-    return str(path)
+    return str(save_tiny_dino_backbone(tmp_path_factory.mktemp("tiny-dinov2-reference"), seed=4))
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@
 
 transformers initialises every bias to 0 and every LayerNorm to the identity (weight 1, bias 0); a test
 on such weights cannot tell a missing bias or a swapped LayerNorm from the right one. The tiny test
-backbones (`tiny_clip_model`, `save_tiny_backbone`) therefore go through `randomize_biases_and_norms`
+backbones (`tiny_clip_model`, `save_tiny_backbone`, `save_tiny_dino_backbone`) therefore go through `randomize_biases_and_norms`
 (seeded) after construction. `save_random_backbone` keeps transformers' initialisation, so the real-data
 smoke run of docs/training.md stays reproducible.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoTokenizer, CLIPConfig, CLIPModel, CLIPTokenizer
+from transformers import AutoTokenizer, CLIPConfig, CLIPModel, CLIPTokenizer, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
 from .file_modes import follow_umask
 
@@ -123,6 +123,20 @@ def save_tiny_backbone(path: str | os.PathLike, seed: int = 0, **config_kwargs) 
     path = Path(path)
     tiny_clip_model(seed, **config_kwargs).save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
+    follow_umask(path)
+    return path
+
+
+def save_tiny_dino_backbone(path: str | os.PathLike, seed: int = 0) -> Path:
+    """Save a random tiny DINOv2 with registers (width 16, 2 layers, patch 4, 2 registers; random biases
+    and LayerNorms too) to `path`, usable as Crane+'s `dino_backbone_name_or_path`."""
+    torch.manual_seed(seed)
+    config = Dinov2WithRegistersConfig(
+        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, patch_size=4,
+        image_size=28, num_register_tokens=2,
+    )
+    path = Path(path)
+    randomize_biases_and_norms(Dinov2WithRegistersModel(config), seed).save_pretrained(path)
     follow_umask(path)
     return path
 

@@ -89,7 +89,7 @@ def _load(source: str, split: Optional[str], streaming: bool, kwargs: dict[str, 
         raise
     except (datasets.exceptions.DatasetNotFoundError, ConnectionError) as error:
         raise _not_found(source, path, error) from error
-    except (FileNotFoundError, ValueError, ConnectionError, OSError, RuntimeError) as error:
+    except (FileNotFoundError, ValueError, OSError, RuntimeError) as error:
         where = str(path) if path.exists() else f"'{source}' (not a local path; tried the Hugging Face Hub)"
         raise DataError(f"cannot load anomaly dataset {where}: {type(error).__name__}: {error}", source) from error
 
