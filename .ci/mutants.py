@@ -36,6 +36,7 @@ DEFAULT_TESTS = (
     "tests/test_training.py",
     "tests/test_clip_vision.py",
     "tests/test_clip_text.py",
+    "tests/test_pipeline.py",
     "tests/test_reference_pipelines.py",
     "tests/test_metrics_classification.py",
     "tests/test_metrics_aupro.py",
@@ -186,6 +187,12 @@ MUTANTS = [
            'squared_coefficient_of_variation(extras["router_softmax"])', 'squared_coefficient_of_variation(extras["router_probs"])'),
     Mutant("extra: DA-CLIP diversity loss unweighted", DACLIP,
            '"diversity": cfg.diversity_weight * losses["diversity"],', '"diversity": losses["diversity"],'),
+    # precision
+    Mutant("extra: bf16 model's text cache computed in bf16", "src/zsad/modeling_base.py",
+           "if p.is_floating_point() and p.dtype != torch.float32 and not", "if False and not"),
+    Mutant("extra: text cache computed under the caller's autocast", "src/zsad/modeling_base.py",
+           "torch.autocast(params[0].device.type, enabled=False)",
+           "torch.autocast(params[0].device.type, enabled=torch.is_autocast_enabled(params[0].device.type))"),
 ]
 
 

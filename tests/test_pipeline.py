@@ -1,6 +1,8 @@
 """The shared pipeline's scoring options on every registered model: the joint anomaly score
 (`image_score="joint"`, METHODS.md §4.2) against the global probability and the pooled map."""
 
+import copy
+
 import pytest
 import torch
 
@@ -69,3 +71,33 @@ def test_bfloat16_weights_and_autocast_give_float32_maps_close_to_float32(method
         assert torch.isfinite(output.anomaly_maps).all() and torch.isfinite(output.pred_scores).all()
         assert (output.anomaly_maps - reference.anomaly_maps).abs().max() < 5e-2
         assert (output.pred_scores - reference.pred_scores).abs().max() < 1e-1  # AdaCLIP: bf16 error x 100
+
+
+# Methods whose text embeddings do not depend on the image, so `text_features()` caches them (DA-CLIP
+# once its domain bank has no text layers; AdaCLIP's prompts are always per image).
+CACHED_TEXT = {"anomalyclip": {}, "crane": {}, "headclip": {}, "winclip": {}, "zsad_clip": {}, "daclip": {"deep_prompt_layers": []}}
+
+
+def test_cached_text_cases_cover_every_method_but_adaclip():
+    assert set(CACHED_TEXT) == set(zsad.MODEL_CLASSES) - {"adaclip"}
+
+
+@pytest.mark.parametrize("method", sorted(CACHED_TEXT))
+def test_cached_text_features_are_float32_for_bfloat16_weights_and_under_autocast(method, backbone):
+    """The text cache is computed in float32 from the model's (bf16-rounded) weights, outside autocast."""
+    model = _build(method, backbone, **CACHED_TEXT[method])
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            under_autocast = model.text_features()
+            bf16_matmuls = model.compute_text_features()
+        assert torch.equal(under_autocast, model.compute_text_features())
+        assert (bf16_matmuls.float() - under_autocast).abs().max() > 1e-4  # what autocast would have given
+
+        half = model.to(torch.bfloat16)
+        cached = half.text_features()
+        bf16_activations = half.compute_text_features()
+        rounded_in_float32 = copy.deepcopy(half).float().compute_text_features()
+    assert cached.dtype == torch.float32
+    assert torch.equal(cached, rounded_in_float32)
+    assert (bf16_activations.float() - rounded_in_float32).abs().max() > 1e-4
+    assert next(half.clip.text_model.parameters()).dtype == torch.bfloat16  # weights stay as they were

@@ -268,6 +268,22 @@ class ZSADAdapter(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} must implement reset_parameters()")
 
 
+# Parameters the text path never reads: `text_features` leaves them in the model's dtype.
+_VISION_PARAMETERS = ("clip.vision_model.", "clip.visual_projection.", "dino.")
+
+
+class _TextFeaturesCall(nn.Module):
+    """`model.compute_text_features()` as a module call, so that `torch.func.functional_call` can run it
+    with substituted (float32) parameters."""
+
+    def __init__(self, model: ZSADPreTrainedModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self) -> torch.Tensor:
+        return self.model.compute_text_features()
+
+
 class ZSADPreTrainedModel(PreTrainedModel):
     """Frozen CLIP backbone + trainable adapters, adapter-only checkpoints, text-feature cache.
 
@@ -601,14 +617,25 @@ class ZSADPreTrainedModel(PreTrainedModel):
         raise NotImplementedError(f"{type(self).__name__} must implement compute_text_features()")
 
     def text_features(self) -> torch.Tensor:
-        """`compute_text_features()`, cached while no parameter changes and no gradient is needed."""
+        """`compute_text_features()`, cached while no parameter changes and no gradient is needed.
+
+        The cache is float32 and computed outside autocast, whatever the model's dtype: a bf16/fp16
+        model's text path (its weights upcast for this one pass, a copy of the text tower) runs in
+        float32. The text is encoded once per model, so this costs nothing per image, and it halves
+        Crane's bf16 image-AUROC shift (docs/benchmarks.md)."""
         if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
             return self.compute_text_features()
         params = list(self.parameters())
         key = (params[0].device, params[0].dtype, tuple(p._version for p in params))
         if self._text_cache is None or self._text_cache[0] != key:
-            with torch.no_grad():
-                self._text_cache = (key, self.compute_text_features())
+            upcast = {
+                f"model.{name}": p.float()
+                for name, p in self.named_parameters()
+                if p.is_floating_point() and p.dtype != torch.float32 and not name.startswith(_VISION_PARAMETERS)
+            }
+            with torch.no_grad(), torch.autocast(params[0].device.type, enabled=False):
+                features = torch.func.functional_call(_TextFeaturesCall(self), upcast, ())
+            self._text_cache = (key, features.float())
         return self._text_cache[1]
 
     def prompt_free_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
