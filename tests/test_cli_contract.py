@@ -142,6 +142,22 @@ def test_debug_shows_the_traceback(world, tmp_path, capsys):
     assert "Traceback" in err and err.strip().splitlines()[-1].startswith("zsad detect: error: no such file")
 
 
+@pytest.mark.parametrize("command", [
+    ["convert", "mvtec", "{missing}", "{out}"],
+    ["train", "--method", "anomalyclip", "--backbone", "{missing}", "--dataset", "{missing}", "--output-dir", "{out}"],
+])
+@pytest.mark.parametrize("debug_first", [True, False])
+def test_debug_before_or_after_convert_and_train(command, debug_first, tmp_path, capsys):
+    """`convert` and `train` parse their own options: `zsad --debug train ...` works as `zsad train ... --debug`."""
+    argv = [a.format(missing=tmp_path / "missing", out=tmp_path / "out") for a in command]
+    assert main(["--debug", *argv] if debug_first else [*argv, "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err
+    assert err.strip().splitlines()[-1].startswith(f"zsad {command[0]}: error: ")
+    assert str(tmp_path / "missing") in err.strip().splitlines()[-1]
+    assert main(argv) == 2 and "Traceback" not in capsys.readouterr().err
+
+
 def test_offline_first_run_fails_fast_with_the_recipe(tmp_path):
     """No network, no cache, no HF_HUB_OFFLINE: one line within 10 s, not a minute of retries."""
     env = _env(tmp_path, HF_ENDPOINT="http://127.0.0.1:9")  # nothing listens on the discard port

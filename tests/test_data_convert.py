@@ -443,6 +443,13 @@ def test_cli_convert_success_and_errors(mvtec_src, tmp_path, capsys):
     assert main(["convert", "mvtec", str(src), str(tmp_path / "x"), "--split", "train"]) == 2
     assert "--split applies to the folder layout only" in capsys.readouterr().err
 
+    with pytest.raises(SystemExit) as done:  # argparse errors: one line too (zsad.cli turns this into 2)
+        main(["convert", "mvtec"])
+    assert done.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "zsad convert: error: the following arguments are required: src, out (see zsad convert --help)"
+    ]
+
 
 def test_cli_module_entry_point_exits_2_without_traceback(tmp_path):
     src = tmp_path / "nothing_here"

@@ -452,6 +452,8 @@ def run_own_parser_command(argv: list[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--debug"] and argv[1:2] in (["convert"], ["train"]):
+        argv = [argv[1], "--debug", *argv[2:]]  # `zsad --debug train ...` is `zsad train --debug ...`
     if argv[:1] in (["convert"], ["train"]):
         return run_own_parser_command(argv)
     parser = build_parser()

@@ -1,7 +1,7 @@
 """`zsad convert {mvtec,visa,folder} SRC OUT`: the data-conversion command.
 
-The lead wires `register_convert_command` into the `zsad` command; `python -m zsad.data.cli convert ...`
-works on its own. Errors print one line on stderr naming the path and exit with status 2.
+`zsad convert` runs it (`zsad.cli`); `python -m zsad.data.cli convert ...` works on its own. Errors follow
+`zsad`'s contract: one line on stderr naming the path, exit status 2, the traceback only with `--debug`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import warnings
 from collections.abc import Sequence
 from typing import Optional
 
+from ..cli_utils import ArgumentParser, add_debug_flag, run_command
 from .converters import LAYOUTS, convert
-from .errors import DataError
 from .writer import FORMATS
 
 _FOLDER_ONLY = ("category", "normal_dir", "anomaly_dir", "mask_dir", "split")
@@ -51,6 +51,7 @@ def register_convert_command(subparsers: argparse._SubParsersAction) -> argparse
     folder.add_argument("--anomaly-dir", help="folder of anomalous images, relative to SRC (default: anomaly/defect/...)")
     folder.add_argument("--mask-dir", help="folder of masks, relative to SRC (default: masks/mask/ground_truth)")
     folder.add_argument("--split", choices=("train", "test"), help="split to write (default: test)")
+    add_debug_flag(parser)
     parser.set_defaults(func=run_convert)
     return parser
 
@@ -84,13 +85,10 @@ def run_convert(args: argparse.Namespace) -> int:
         kwargs["normal_names"] = args.normal_names
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
+        try:  # a DataError or OSError becomes one line under `run_command`'s error contract
             report = convert(args.layout, args.src, args.out, **kwargs)
-        except (DataError, OSError) as error:
+        finally:
             _print_warnings(caught)
-            message = str(error).splitlines()[0] if str(error) else type(error).__name__
-            return _usage_error(message)
-    _print_warnings(caught)
     print(report)
     return 0
 
@@ -102,11 +100,11 @@ def _print_warnings(caught: list) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Standalone entry point: `python -m zsad.data.cli convert mvtec SRC OUT`."""
-    parser = argparse.ArgumentParser(prog="zsad", description="zsad data tools")
+    parser = ArgumentParser(prog="zsad", description="zsad data tools")
     subparsers = parser.add_subparsers(dest="command", required=True)
     register_convert_command(subparsers)
     args = parser.parse_args(argv)
-    return args.func(args)
+    return run_command("zsad convert", lambda: args.func(args), debug=args.debug)
 
 
 if __name__ == "__main__":
