@@ -331,6 +331,12 @@ def vision_forward(
     return last, taps, grid_size
 
 
+def project_tokens(clip: CLIPModel, tokens: torch.Tensor) -> torch.Tensor:
+    """CLIP's read-out of `(..., W)` vision tokens into the joint space: `post_layernorm`, then the visual
+    projection -> `(..., P)`."""
+    return clip.visual_projection(clip.vision_model.post_layernorm(tokens))
+
+
 def encode_image(
     clip: CLIPModel,
     pixel_values: torch.Tensor,
@@ -384,7 +390,7 @@ def encode_image(
         cls_token = vision.post_layernorm(cls_token)
 
     def readout(tokens: torch.Tensor) -> torch.Tensor:
-        return clip.visual_projection(vision.post_layernorm(tokens)) if project_patches else tokens
+        return project_tokens(clip, tokens) if project_patches else tokens
 
     return VisionFeatures(
         global_embeds=clip.visual_projection(cls_token),
