@@ -30,6 +30,11 @@ class DACLIPConfig(AnomalyCLIPConfig):
         lora_rank / lora_alpha: r and alpha of every LoRA expert (8, 16: scaling 2).
         daka_mix: beta of the DAKA residual `x + beta * sum_e g_e (alpha / r) B_e A_e x` (0.1).
         token_top_k: experts each token's gate keeps (2).
+        project_daka_layers: the §6.2.4 read-out ablation: besides the final dense stream through
+            `post_layernorm` and the visual projection, the DAKA-adapted patch tokens of every DAKA layer
+            that is not a feature layer (`projected_daka_layers`: 6/12/18 on ViT-L/14) go through a
+            learned `Linear(vision width -> projection dim)` each (AdaCLIP-style) and give one more map
+            each (False).
         daka_routing: `token` (per-token gates on [token ; visual prompt summary]) or `image` (every token
             of an image uses the image router's weights; no gates) - the §6.2.8 routing ablation.
         per_domain_prompts: one text + visual prompt set per domain (True) or a single set shared by all
@@ -60,6 +65,7 @@ class DACLIPConfig(AnomalyCLIPConfig):
     lora_alpha: float = 16.0
     daka_mix: float = 0.1
     token_top_k: int = 2
+    project_daka_layers: bool = False
     daka_routing: str = "token"
     per_domain_prompts: bool = True
     load_balance_weight: float = 0.01
@@ -76,6 +82,14 @@ class DACLIPConfig(AnomalyCLIPConfig):
         self.visual_prompt_layers = sorted({int(layer) for layer in self.visual_prompt_layers})
         self.daka_layers = sorted({int(layer) for layer in self.daka_layers})
         self._validate_daclip_fields()
+
+    @property
+    def projected_daka_layers(self) -> list[int]:
+        """The DAKA layers read out through learned projections (§6.2.4): with `project_daka_layers`,
+        those not already read out as feature layers; else none."""
+        if not self.project_daka_layers:
+            return []
+        return [layer for layer in self.daka_layers if layer not in self.feature_layers]
 
     def _validate_daclip_fields(self) -> None:
         depth = self.vision_depth
@@ -101,6 +115,13 @@ class DACLIPConfig(AnomalyCLIPConfig):
                 raise ValueError(
                     f"daka_layers must be within the dense stream, {self.dense_start_layer}..{depth}; got {bad}"
                 )
+        if not isinstance(self.project_daka_layers, bool):
+            raise ValueError(f"project_daka_layers must be True or False; got {self.project_daka_layers!r}")
+        if self.project_daka_layers and not self.projected_daka_layers:
+            raise ValueError(
+                f"project_daka_layers reads out the DAKA layers that are not feature layers; daka_layers "
+                f"{self.daka_layers} has none outside feature_layers {self.feature_layers}"
+            )
         if self.lora_rank < 1 or self.lora_alpha <= 0:
             raise ValueError(f"lora_rank must be >= 1 and lora_alpha > 0; got {self.lora_rank}, {self.lora_alpha}")
         for name in ("daka_mix", "load_balance_weight", "diversity_weight"):

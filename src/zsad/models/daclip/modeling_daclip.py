@@ -10,7 +10,9 @@ zero-shot anomaly detection. Only the abstract is public: everything below is zs
 - DAKA (§6.2.3): after vision layers 6/12/18/24, the dense stream's patch tokens get the residual
   beta * sum_e g_e (alpha / r) B_e A_e x of 4 LoRA experts, with token gates g (top-2) on
   [x ; summary of the combined visual prompts] (pathway 2). B = 0 at init: exactly the identity.
-- Read-out, maps and score (§6.2.4): AnomalyCLIP's (final dense stream, softmax / 0.07, sigma 4).
+- Read-out, maps and score (§6.2.4): AnomalyCLIP's (final dense stream, softmax / 0.07, sigma 4); with
+  `project_daka_layers`, the DAKA layers 6/12/18 through learned Linear(1024 -> 768) projections too
+  (AdaCLIP-style), one more map each, averaged with the final one.
 - Loss (§6.2.5): AnomalyCLIP's CE + 4 (focal + dice_a + dice_n) + 0.01 load balance + 0.01 diversity.
 """
 
@@ -29,9 +31,10 @@ from ...adapters.domain_experts import (
     equiangular_diversity,
     squared_coefficient_of_variation,
 )
+from ...adapters.projections import FeatureProjections
 from ...adapters.prompt_learner import ObjectAgnosticPrompts
 from ...clip.text import TokenizedPrompts
-from ...clip.vision import VisionFeatures
+from ...clip.vision import VisionFeatures, project_tokens
 from ...modeling_base import AnomalyDetectionOutput, ZSADPreTrainedModel
 from ..anomalyclip.modeling_anomalyclip import AnomalyCLIPModel
 from .configuration_daclip import DACLIPConfig
@@ -112,6 +115,13 @@ class DACLIPModel(ZSADPreTrainedModel):
             config.daka_mix,
             config.token_top_k,
         )
+        # §6.2.4 read-out ablation: empty (no parameters) unless `project_daka_layers`.
+        self.daka_projections = FeatureProjections(
+            len(config.projected_daka_layers),
+            vision_config.hidden_size,
+            config.clip_config.projection_dim,
+            project_image=False,
+        )
         self.post_init()
 
     @classmethod
@@ -121,8 +131,9 @@ class DACLIPModel(ZSADPreTrainedModel):
 
     def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         """§6.2.6: `prompts` (context, domain prompt bank, keys; 1e-3) and `experts` (LoRA experts, token
-        gates, the router's W_r; 1e-4 through `training_defaults["learning_rate_scales"]`)."""
-        experts = [*self.daka.parameters(), *self.router.parameters()]
+        gates, the router's W_r and the §6.2.4 read-out projections: the learned matrices; 1e-4 through
+        `training_defaults["learning_rate_scales"]`)."""
+        experts = [*self.daka.parameters(), *self.router.parameters(), *self.daka_projections.parameters()]
         prompts = [*self.prompt_learner.parameters(), *self.domain_prompts.parameters()]
         return {
             "prompts": [p for p in prompts if p.requires_grad],
@@ -145,6 +156,9 @@ class DACLIPModel(ZSADPreTrainedModel):
         """Route on the prompt-free embedding (§6.2.2), then one pass with the combined visual prompts
         (pathway 1) and DAKA on the dense stream (pathway 2, §6.2.3).
 
+        `patch_embeds` (§6.2.4): the `projected_daka_layers` through their learned projections, then the
+        feature layers through `post_layernorm` and the visual projection.
+
         `extras`: `router_softmax` / `router_probs` `(B, E)` (before / after top-k renormalisation) and
         `token_gates` `{layer: (softmax, top-k renormalised)}`, each `(B, N, E)`.
         """
@@ -161,10 +175,18 @@ class DACLIPModel(ZSADPreTrainedModel):
         patch = cfg.clip_config.vision_config.patch_size
         num_patches = (pixel_values.shape[-2] // patch) * (pixel_values.shape[-1] // patch)
         token_gates: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        projected = cfg.projected_daka_layers
         features = self.encode_image(
             pixel_values,
+            feature_layers=[*projected, *cfg.feature_layers],
             visual_prompts=visual_prompts,
             dense_adapters=self.daka.dense_adapters(condition, num_patches, token_gates),
+            project_patches=False,
+        )
+        tokens = features.patch_embeds
+        features.patch_embeds = (
+            *(projection(layer_tokens) for projection, layer_tokens in zip(self.daka_projections.patch, tokens)),
+            *(project_tokens(self.clip, layer_tokens) for layer_tokens in tokens[len(projected) :]),
         )
         features.extras.update(router_softmax=router_softmax, router_probs=router_probs, token_gates=token_gates)
         return features
