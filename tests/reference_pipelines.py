@@ -732,8 +732,11 @@ def daclip(model, pixels, *, categories=None, masks=None, labels=None, training=
     bank sum_e r_e P_e gives each image's deep text tokens and visual prompts. Pathway 2 (§6.2.3): after
     each DAKA layer's dense update, the patch tokens x get beta * sum_e g_e (alpha / r) B_e A_e x with
     g = top-k renormalised softmax(Linear([x ; s])), s = mean of the combined visual prompts (r when there
-    are none); with image routing g = r for every token. Maps, score and loss as AnomalyCLIP (§2.4, §2.5),
-    plus weighted load balance (image router + mean over the token gates) and diversity (§6.2.5).
+    are none); with image routing g = r for every token. Read-out (§6.2.4): the final dense stream through
+    LN_post and W_proj; with `project_daka_layers`, also the DAKA-adapted patch tokens of each DAKA layer
+    that is not a feature layer through its own learned Linear(W -> P), each one more map. Maps, score and
+    loss as AnomalyCLIP (§2.4, §2.5) over all maps, plus weighted load balance (image router + mean over
+    the token gates) and diversity (§6.2.5).
     """
     cfg, clip = model.config, float64_copy(model.clip)
     state = {k: v.to(DTYPE) for k, v in model.state_dict().items() if not k.startswith("clip.")}
@@ -765,7 +768,14 @@ def daclip(model, pixels, *, categories=None, masks=None, labels=None, training=
             return adapt
 
         adapters = {layer: expert_layer(i) for i, layer in enumerate(cfg.daka_layers)}
-        vision = vision_from_config(clip, pixels, cfg, visual_prompts=visual_prompts, dense_adapters=adapters)
+        projected = [layer for layer in cfg.daka_layers if layer not in cfg.feature_layers] if cfg.project_daka_layers else []
+        vision = vision_from_config(clip, pixels, cfg, feature_layers=projected + list(cfg.feature_layers),
+                                    project_patches=False, visual_prompts=visual_prompts, dense_adapters=adapters)
+        learned = [linear(tokens, state[f"daka_projections.patch.{i}.weight"], state[f"daka_projections.patch.{i}.bias"])
+                   for i, tokens in enumerate(vision.patch_tokens[: len(projected)])]
+        final = [clip.visual_projection(clip.vision_model.post_layernorm(tokens))
+                 for tokens in vision.patch_tokens[len(projected):]]
+        vision.patch_tokens = learned + final
         deep = mix_domains(state["domain_prompts.text_tokens"], router)  # (B, layers, m, W)
         text = torch.stack([object_agnostic_text(clip, state, cfg, deep_tokens=tokens) for tokens in deep])
         expected = _global_text_pipeline(model, pixels, text, vision, masks, labels, cfg.local_loss_weight)

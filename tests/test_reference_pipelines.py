@@ -52,6 +52,8 @@ CASES = {
         {"num_experts": 5, "top_k_experts": 3, "token_top_k": 1, "visual_prompt_layers": [], "image_score": "joint"},
         None,
     ),
+    # §6.2.4 read-out ablation: DAKA layers 2 and 3 through learned projections, next to the final stream
+    "daclip_projected_daka_layers": (DACLIPModel, {"project_daka_layers": True}, None),
     "winclip": (WinCLIPModel, {}, None),
     "winclip_windows_1_4_blurred": (WinCLIPModel, {"window_sizes": [1, 4], "gaussian_sigma": 4.0}, None),
 }
@@ -70,8 +72,8 @@ def dino_backbone(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def models(backbone, dino_backbone):
-    """Each case's model, built once: learned prompt tensors (and DA-CLIP's LoRA B, zero at init) perturbed
-    so that they matter."""
+    """Each case's model, built once: learned prompt tensors (and DA-CLIP's LoRA B, zero at init, and its
+    read-out projections) perturbed so that they matter."""
     built = {}
 
     def get(case: str):
@@ -84,7 +86,7 @@ def models(backbone, dino_backbone):
             generator = torch.Generator().manual_seed(1)
             with torch.no_grad():
                 for name, parameter in model.named_parameters():
-                    if parameter.requires_grad and any(part in name for part in ("prompt", "head_weights", "lora_B")):
+                    if parameter.requires_grad and any(part in name for part in ("prompt", "head_weights", "lora_B", "daka_projections")):
                         parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
             built[case] = model
         return built[case]
@@ -136,7 +138,7 @@ def test_maps_and_scores_equal_the_independent_reference(models, case):
 @pytest.mark.parametrize(
     "case",
     ["anomalyclip", "adaclip_hsf", "crane", "crane_plus", "headclip", "daclip", "daclip_image_routing",
-     "daclip_router_conditioned_gates"],
+     "daclip_router_conditioned_gates", "daclip_projected_daka_layers"],
 )
 def test_training_loss_equals_the_independent_reference(models, case):
     """The loss (METHODS.md §2.5, §3.4, §5.4, §6.2.5 with DA-CLIP's auxiliary terms) from the reference's own
