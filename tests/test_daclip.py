@@ -1,6 +1,6 @@
 """DA-CLIP (METHODS.md §6.2, our design): parameter budget, reduction to AnomalyCLIP, router and DAKA
 against naive code written here, routing distributions, auxiliary losses, gradients, activation
-checkpointing, batch invariance, checkpoints, optimiser groups."""
+checkpointing, batch invariance, checkpoints, optimiser groups, the §6.2.4 multi-layer read-out."""
 
 import json
 import math
@@ -70,12 +70,15 @@ def test_vit_l14_336_trainable_parameters_on_meta_device():
 
 
 @pytest.mark.parametrize(
-    ("vision_layers", "visual", "daka"),
-    [(4, [1], [2, 3, 4]), (12, [1, 2], [3, 6, 9, 12]), (24, [1, 2, 3, 4], [6, 12, 18, 24])],
+    ("vision_layers", "visual", "daka", "projected"),
+    [(4, [1], [2, 3, 4], [2, 3]), (12, [1, 2], [3, 6, 9, 12], [3, 6, 9]), (24, [1, 2, 3, 4], [6, 12, 18, 24], [6, 12, 18])],
 )
-def test_depth_relative_defaults(vision_layers, visual, daka):
+def test_depth_relative_defaults(vision_layers, visual, daka, projected):
     config = DACLIPConfig(clip_config=tiny_clip_config(vision_layers=vision_layers))
     assert (config.visual_prompt_layers, config.daka_layers) == (visual, daka)
+    assert config.projected_daka_layers == []  # the §6.2.4 read-out ablation is off by default
+    config = DACLIPConfig(clip_config=tiny_clip_config(vision_layers=vision_layers), project_daka_layers=True)
+    assert config.projected_daka_layers == projected  # every DAKA layer but the final feature layer
 
 
 def test_ablation_switches_shape_the_adapters():
@@ -150,6 +153,9 @@ def test_shared_prompts_are_the_same_for_every_image(tiny_backbone):
         ({"lora_rank": 0}, "lora_rank"),
         ({"daka_mix": -1.0}, "daka_mix"),
         ({"daka_routing": "patch"}, "daka_routing"),
+        ({"project_daka_layers": "yes"}, "project_daka_layers must be True or False"),
+        ({"project_daka_layers": True, "daka_layers": [4]}, r"project_daka_layers .* daka_layers \[4\] has none outside"),
+        ({"project_daka_layers": True, "daka_layers": []}, "project_daka_layers reads out the DAKA layers"),
     ],
 )
 def test_invalid_config_is_a_clear_error(kwargs, message):
@@ -400,3 +406,109 @@ def test_zsad_detect_and_evaluate_run_a_daclip_checkpoint(daclip, tmp_path):
     assert main(["evaluate", str(tmp_path / "grid"), "--model", str(checkpoint), "--out", str(tmp_path / "eval")]) == 0
     metrics = json.loads((tmp_path / "eval" / "grid" / "metrics.json").read_text())
     assert metrics["counts"]["texture_grid"]["images"] == 4 and 0.0 <= metrics["macro"]["pixel_auroc"] <= 1.0
+
+
+# ---------------------------------------------------------------------- §6.2.4 multi-layer read-out ablation
+@pytest.fixture
+def daclip_readout(tiny_backbone):
+    """DA-CLIP with `project_daka_layers`: the DAKA layers 2 and 3 through learned projections besides the
+    final stream (layer 4); LoRA B randomised so that DAKA acts."""
+    torch.manual_seed(0)
+    model = DACLIPModel.from_backbone(tiny_backbone, image_size=SIZE, project_daka_layers=True).eval()
+    with torch.no_grad():
+        for layer in model.daka.experts:
+            layer.lora_B.normal_(std=0.5)
+    return model
+
+
+def test_vit_l14_read_out_projections_on_meta_device():
+    with torch.device("meta"):
+        model = DACLIPModel(DACLIPConfig(project_daka_layers=True))
+    assert model.config.projected_daka_layers == [6, 12, 18]
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters() if name.startswith("daka_projections.")}
+    assert shapes == {
+        **{f"daka_projections.patch.{i}.weight": (768, 1024) for i in range(3)},
+        **{f"daka_projections.patch.{i}.bias": (768,) for i in range(3)},
+    }
+    assert model.num_trainable_parameters() == 1_070_864 + 3 * (1024 * 768 + 768) == 3_432_464
+
+
+def test_read_out_is_the_final_stream_only_by_default(daclip):
+    """Off by default: no projection tensor, one map, the same tokens as the plain final-layer read-out."""
+    assert daclip.config.project_daka_layers is False and daclip.config.projected_daka_layers == []
+    assert not any(key.startswith("daka_projections.") for key in daclip.state_dict())
+    pixels = _pixels(2)
+    with torch.no_grad():
+        out = daclip(pixels)
+        features = daclip.image_features(pixels)
+        combined = torch.einsum("be,e...->b...", features.extras["router_probs"], daclip.domain_prompts.visual_tokens)
+        plain = daclip.encode_image(
+            pixels,
+            visual_prompts={1: combined[:, 0]},
+            dense_adapters=daclip.daka.dense_adapters(combined.mean(dim=(1, 2)), 49, {}),
+        )
+    assert len(out.patch_logits) == len(features.patch_embeds) == 1
+    assert torch.equal(features.patch_embeds[0], plain.patch_embeds[0])
+
+
+def test_projected_maps_read_the_dense_tokens_after_daka(daclip_readout):
+    model = daclip_readout
+    pixels = _pixels(2)
+    with torch.no_grad():
+        out = model(pixels)
+        features = model.image_features(pixels)
+        router_probs = features.extras["router_probs"]
+        combined = torch.einsum("be,e...->b...", router_probs, model.domain_prompts.visual_tokens)
+        taps = {"feature_layers": [2, 3, 4], "visual_prompts": {1: combined[:, 0]}}
+        adapted = model.encode_image(pixels, dense_adapters=naive_daka(model, router_probs, 49), project_patches=False, **taps)
+        unadapted = model.encode_image(pixels, project_patches=False, **taps)
+    assert len(out.patch_logits) == len(features.patch_embeds) == 3  # layers 2, 3, then the final stream
+    for i in range(2):
+        projection = model.daka_projections.patch[i]
+        expected = adapted.patch_embeds[i] @ projection.weight.t() + projection.bias
+        assert (features.patch_embeds[i] - expected).abs().max() <= 1e-5
+        assert (features.patch_embeds[i] - projection(unadapted.patch_embeds[i])).abs().max() > 1e-3  # after DAKA
+    final = model.clip.visual_projection(model.clip.vision_model.post_layernorm(adapted.patch_embeds[2]))
+    assert (features.patch_embeds[2] - final).abs().max() <= 1e-5
+
+
+def test_one_training_step_moves_the_projections_at_the_experts_rate(daclip_readout):
+    model = daclip_readout
+    optimizer = build_optimizer(model)
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    projections = list(model.daka_projections.parameters())
+    assert len(projections) == 4 and groups["experts"]["lr"] == 1e-4
+    assert {id(p) for p in projections} <= {id(p) for p in groups["experts"]["params"]}
+    assert sum(p.numel() for g in groups.values() for p in g["params"]) == model.num_trainable_parameters()
+    before = [p.detach().clone() for p in projections]
+    model.train()
+    try:
+        optimizer.zero_grad()
+        model(_pixels(4, seed=5), masks=_masks(4)).loss.backward()
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad:
+                assert torch.isfinite(parameter.grad).all() and parameter.grad.abs().sum() > 0, name
+        optimizer.step()
+    finally:
+        model.eval()
+    for old, new in zip(before, projections):
+        assert 0 < (new - old).abs().max() <= 1e-4 + 1e-7  # Adam: at most the learning rate per entry
+
+
+def test_read_out_projections_survive_save_and_load(daclip_readout, tmp_path):
+    model = daclip_readout
+    with torch.no_grad():
+        for parameter in model.daka_projections.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(2)))  # away from init
+    model.save_pretrained(tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as handle:
+        keys = set(handle.keys())
+    assert {f"daka_projections.patch.{i}.{kind}" for i in range(2) for kind in ("weight", "bias")} <= keys
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.project_daka_layers is True and loaded.config.projected_daka_layers == [2, 3]
+    for name, tensor in model.daka_projections.state_dict().items():
+        assert torch.equal(loaded.daka_projections.state_dict()[name], tensor), name
+    pixels = _pixels(2, seed=9)
+    with torch.no_grad():
+        before, after = model(pixels), loaded(pixels)
+    assert torch.equal(before.anomaly_maps, after.anomaly_maps) and torch.equal(before.pred_scores, after.pred_scores)

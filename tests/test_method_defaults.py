@@ -106,6 +106,7 @@ DACLIP = ANOMALYCLIP + [  # §6.2: AnomalyCLIP's pipeline and prompts (deep text
     ("daka_mix", 0.1, "§6.2.3 beta = 0.1"),
     ("token_top_k", 2, "§6.2.3 top-2 per token"),
     ("daka_routing", "token", "§6.2.3 per-token gates"),
+    ("project_daka_layers", False, "§6.2.4 read-out = LN_post(z_24) W_proj; the projected DAKA layers are an ablation"),
     ("per_domain_prompts", True, "§6.2.1 each domain owns its prompts"),
     ("load_balance_weight", 0.01, "§6.2.5 0.01 * load balance"),
     ("diversity_weight", 0.01, "§6.2.5 0.01 * diversity"),
