@@ -187,6 +187,11 @@ MUTANTS = [
            'squared_coefficient_of_variation(extras["router_softmax"])', 'squared_coefficient_of_variation(extras["router_probs"])'),
     Mutant("extra: DA-CLIP diversity loss unweighted", DACLIP,
            '"diversity": cfg.diversity_weight * losses["diversity"],', '"diversity": losses["diversity"],'),
+    Mutant("extra: DA-CLIP projected DAKA maps left out of the read-out", DACLIP,
+           "            *(projection(layer_tokens) for projection, layer_tokens in zip(self.daka_projections.patch, tokens)),\n",
+           ""),
+    Mutant("extra: DA-CLIP projects the final feature layer too", "src/zsad/models/daclip/configuration_daclip.py",
+           "[layer for layer in self.daka_layers if layer not in self.feature_layers]", "list(self.daka_layers)"),
     # precision
     Mutant("extra: bf16 model's text cache computed in bf16", "src/zsad/modeling_base.py",
            "if p.is_floating_point() and p.dtype != torch.float32 and not", "if False and not"),
