@@ -20,16 +20,21 @@ from zsad.training import build_optimizer
 SIZE = 28
 
 
-@pytest.fixture(scope="module")
-def daclip(tiny_backbone):
-    """Default DA-CLIP on the 4-layer backbone (visual prompts at layer 1, DAKA at 2-4), with LoRA B
-    randomised so that the experts act (an untrained B = 0 makes DAKA the identity)."""
-    torch.manual_seed(0)
-    model = DACLIPModel.from_backbone(tiny_backbone, image_size=SIZE).eval()
+def _acting_daclip(tiny_backbone, seed=0, **config_kwargs):
+    """DA-CLIP on the 4-layer backbone with LoRA B randomised so that the experts act (an untrained B = 0
+    makes DAKA the identity)."""
+    torch.manual_seed(seed)
+    model = DACLIPModel.from_backbone(tiny_backbone, image_size=SIZE, **config_kwargs).eval()
     with torch.no_grad():
         for layer in model.daka.experts:
             layer.lora_B.normal_(std=0.5)
     return model
+
+
+@pytest.fixture(scope="module")
+def daclip(tiny_backbone):
+    """Default DA-CLIP (visual prompts at layer 1, DAKA at 2-4), experts acting."""
+    return _acting_daclip(tiny_backbone)
 
 
 def _pixels(batch, seed=1):
@@ -100,11 +105,8 @@ def test_ablation_switches_shape_the_adapters():
 
 
 def test_image_level_routing_mixes_every_token_with_the_router_weights(tiny_backbone):
-    torch.manual_seed(4)
-    model = DACLIPModel.from_backbone(tiny_backbone, image_size=SIZE, daka_routing="image").eval()
+    model = _acting_daclip(tiny_backbone, seed=4, daka_routing="image")
     with torch.no_grad():
-        for layer in model.daka.experts:
-            layer.lora_B.normal_(std=0.5)
         pixels = _pixels(2)
         features = model.image_features(pixels)
         router_probs = features.extras["router_probs"]
@@ -353,17 +355,28 @@ def test_batch_of_one_equals_batch_of_four(daclip):
         assert (getattr(batched, field) - single).abs().max() <= 1e-5, field
 
 
-def test_save_and_auto_load_are_identical_and_hold_adapters_only(daclip, tmp_path):
-    daclip.save_pretrained(tmp_path)
+@pytest.mark.parametrize("project_daka_layers", [False, True])
+def test_save_and_auto_load_are_identical_and_hold_adapters_only(tiny_backbone, tmp_path, project_daka_layers):
+    model = _acting_daclip(tiny_backbone, project_daka_layers=project_daka_layers)
+    with torch.no_grad():
+        for parameter in model.daka_projections.parameters():  # away from their init
+            parameter.add_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(2)))
+    model.save_pretrained(tmp_path)
     with safe_open(str(tmp_path / "model.safetensors"), "pt") as handle:
         keys = set(handle.keys())
     assert keys and not any(key.startswith("clip.") for key in keys)
-    assert keys == set(daclip.adapter_state_dict())
+    assert keys == set(model.adapter_state_dict())
+    projection_keys = {f"daka_projections.patch.{i}.{kind}" for i in range(2) for kind in ("weight", "bias")}
+    assert {key for key in keys if key.startswith("daka_projections.")} == (projection_keys if project_daka_layers else set())
     loaded = AutoModel.from_pretrained(tmp_path).eval()
     assert type(loaded) is DACLIPModel and loaded.config.model_type == "zsad_daclip"
+    assert loaded.config.project_daka_layers is project_daka_layers
+    loaded_state = loaded.state_dict()
+    for name, tensor in model.adapter_state_dict().items():
+        assert torch.equal(loaded_state[name], tensor), name
     pixels = _pixels(2, seed=9)
     with torch.no_grad():
-        before, after = daclip(pixels), loaded(pixels)
+        before, after = model(pixels), loaded(pixels)
     assert torch.equal(before.anomaly_maps, after.anomaly_maps) and torch.equal(before.pred_scores, after.pred_scores)
     assert torch.equal(before.router_probs, after.router_probs)
     assert "DA-CLIP" in (tmp_path / "README.md").read_text() and "image-restoration" in (tmp_path / "README.md").read_text()
@@ -412,13 +425,8 @@ def test_zsad_detect_and_evaluate_run_a_daclip_checkpoint(daclip, tmp_path):
 @pytest.fixture
 def daclip_readout(tiny_backbone):
     """DA-CLIP with `project_daka_layers`: the DAKA layers 2 and 3 through learned projections besides the
-    final stream (layer 4); LoRA B randomised so that DAKA acts."""
-    torch.manual_seed(0)
-    model = DACLIPModel.from_backbone(tiny_backbone, image_size=SIZE, project_daka_layers=True).eval()
-    with torch.no_grad():
-        for layer in model.daka.experts:
-            layer.lora_B.normal_(std=0.5)
-    return model
+    final stream (layer 4); experts acting."""
+    return _acting_daclip(tiny_backbone, project_daka_layers=True)
 
 
 def test_vit_l14_read_out_projections_on_meta_device():
@@ -493,22 +501,3 @@ def test_one_training_step_moves_the_projections_at_the_experts_rate(daclip_read
         model.eval()
     for old, new in zip(before, projections):
         assert 0 < (new - old).abs().max() <= 1e-4 + 1e-7  # Adam: at most the learning rate per entry
-
-
-def test_read_out_projections_survive_save_and_load(daclip_readout, tmp_path):
-    model = daclip_readout
-    with torch.no_grad():
-        for parameter in model.daka_projections.parameters():
-            parameter.add_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(2)))  # away from init
-    model.save_pretrained(tmp_path)
-    with safe_open(str(tmp_path / "model.safetensors"), "pt") as handle:
-        keys = set(handle.keys())
-    assert {f"daka_projections.patch.{i}.{kind}" for i in range(2) for kind in ("weight", "bias")} <= keys
-    loaded = AutoModel.from_pretrained(tmp_path).eval()
-    assert loaded.config.project_daka_layers is True and loaded.config.projected_daka_layers == [2, 3]
-    for name, tensor in model.daka_projections.state_dict().items():
-        assert torch.equal(loaded.daka_projections.state_dict()[name], tensor), name
-    pixels = _pixels(2, seed=9)
-    with torch.no_grad():
-        before, after = model(pixels), loaded(pixels)
-    assert torch.equal(before.anomaly_maps, after.anomaly_maps) and torch.equal(before.pred_scores, after.pred_scores)
