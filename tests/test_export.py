@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from zsad import AdaCLIPModel, AnomalyCLIPModel, CraneModel, HeadCLIPModel, WinCLIPModel, ZeroShotCLIPModel
+from zsad import AdaCLIPModel, AnomalyCLIPModel, CraneModel, DACLIPModel, HeadCLIPModel, WinCLIPModel, ZeroShotCLIPModel
 from zsad.cli import main
 
 ort = pytest.importorskip("onnxruntime", reason="ONNX export tests need the export extra: pip install 'zsad[export]'")
@@ -39,8 +39,9 @@ def trained_stand_in(model):
         (HeadCLIPModel, {}),  # static head weights, joint image score
         (HeadCLIPModel, {"head_weight_mode": "dynamic"}),  # head weights from each image's prompt-free pass
         (WinCLIPModel, {}),  # eager CPU runs chunk the windows (batch 3), the exported graph does not
+        (DACLIPModel, {"deep_prompt_layers": []}),  # routed visual prompts and DAKA; text fixed
     ],
-    ids=["zsad_clip", "anomalyclip", "crane", "headclip", "headclip-dynamic", "winclip"],
+    ids=["zsad_clip", "anomalyclip", "crane", "headclip", "headclip-dynamic", "winclip", "daclip-fixed-text"],
 )
 def test_onnxruntime_equals_torch(model_class, options, tiny_backbone, tmp_path, capsys):
     model = trained_stand_in(model_class.from_backbone(tiny_backbone, image_size=SIZE, **options))
@@ -77,3 +78,9 @@ def test_models_with_image_dependent_text_are_refused(tiny_backbone, tmp_path, c
     crane = CraneModel.from_backbone(tiny_backbone, image_size=SIZE, prompt_conditioning="always")
     with pytest.raises(ValueError, match="conditioned on each image"):
         export_onnx(crane, tmp_path / "crane")
+
+    daclip = DACLIPModel.from_backbone(tiny_backbone, image_size=SIZE)
+    daclip.save_pretrained(tmp_path / "daclip")
+    assert main(["export", str(tmp_path / "daclip"), str(tmp_path / "no")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "DACLIPModel cannot be exported to ONNX: its deep text tokens are mixed per image" in err[0]

@@ -191,6 +191,12 @@ class DACLIPModel(ZSADPreTrainedModel):
         features.extras.update(router_softmax=router_softmax, router_probs=router_probs, token_gates=token_gates)
         return features
 
+    def onnx_export_blocker(self) -> str | None:
+        if self.domain_prompts.text_tokens is not None:
+            return ("its deep text tokens are mixed per image by the domain router (§6.2.2); "
+                    "only a DA-CLIP without text prompt layers (deep_prompt_layers=[]) has fixed text")
+        return super().onnx_export_blocker()
+
     def prompt_text_features(self, features: VisionFeatures, categories: Sequence[str] | None = None) -> torch.Tensor:
         """Each image's text with its combined deep tokens (object-agnostic: `categories` is ignored)."""
         if self.domain_prompts.text_tokens is None:
