@@ -419,6 +419,9 @@ def compare_fp32_rows(args, device: torch.device) -> list[dict]:
                 "image_auroc_fp32": reference[0], "image_auroc": auroc(scores, labels),
                 "pixel_auroc_fp32": reference[1], "pixel_auroc": auroc(maps, masks),
             })
+            row = rows[-1]
+            print(f"  {variant} {row['dtype']}: max map diff {row['max_abs_map_diff']:.2g}, image AUROC "
+                  f"{row['image_auroc_fp32']:.4f} -> {row['image_auroc']:.4f}", file=sys.stderr, flush=True)
     return rows
 
 
