@@ -37,6 +37,7 @@ DEFAULT_TESTS = (
     "tests/test_clip_vision.py",
     "tests/test_clip_text.py",
     "tests/test_pipeline.py",
+    "tests/test_crane.py",
     "tests/test_reference_pipelines.py",
     "tests/test_metrics_classification.py",
     "tests/test_metrics_aupro.py",
@@ -195,6 +196,9 @@ MUTANTS = [
     # precision
     Mutant("extra: bf16 model's text cache computed in bf16", "src/zsad/modeling_base.py",
            "if p.is_floating_point() and p.dtype != torch.float32 and not", "if False and not"),
+    Mutant("extra: Crane+ D-Attn similarities in bf16 under autocast", CRANE,
+           "with torch.autocast(pixel_values.device.type, enabled=False):",
+           "with torch.autocast(pixel_values.device.type, enabled=torch.is_autocast_enabled(pixel_values.device.type)):"),
     Mutant("extra: text cache computed under the caller's autocast", "src/zsad/modeling_base.py",
            "torch.autocast(params[0].device.type, enabled=False)",
            "torch.autocast(params[0].device.type, enabled=torch.is_autocast_enabled(params[0].device.type))"),

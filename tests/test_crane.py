@@ -204,6 +204,30 @@ def test_crane_plus_equals_naive_computation(crane_plus):
         assert (ours - gaussian_blur(probabilities[:, 1], 4.0)).abs().max() < 1e-5
 
 
+def test_dino_similarities_are_float32_under_autocast(crane_plus):
+    """D-Attn keeps the entries with S' >= 0: a discrete choice, so S is computed in float32 even under
+    bf16 autocast (from the DINOv2 tokens autocast gives)."""
+    pixels = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
+    captured = []
+    handle = crane_plus.dino.register_forward_hook(lambda module, inputs, output: captured.append(output.last_hidden_state))
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            weights = crane_plus.dino_attention_weights(pixels)
+    finally:
+        handle.remove()
+    registers = crane_plus.dino.config.num_register_tokens
+
+    def attention(tokens):
+        patches = F.normalize(tokens[:, 1 + registers :].float(), dim=-1)
+        return dino_guided_attention(patches @ patches.transpose(1, 2))
+
+    with torch.no_grad():
+        assert torch.equal(weights, attention(captured[0]))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16_similarities = attention(captured[0])
+    assert (bf16_similarities - weights).abs().max() > 1e-3  # what a bf16 S would have given
+
+
 def test_hard_mean_map_applies_the_softmax_after_upsampling(crane):
     """`soft_mean=False` (the reference's test script for Crane+ on industrial data, METHODS.md §11.2):
     the logits are upsampled bilinearly, then the softmax; the softmax first gives a different map."""

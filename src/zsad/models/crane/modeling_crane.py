@@ -159,9 +159,11 @@ class CraneModel(ZSADPreTrainedModel):
         )
         hidden = self.dino(pixel_values=pixels.to(self.dino.dtype)).last_hidden_state
         prefix = 1 + getattr(self.dino.config, "num_register_tokens", 0)
-        patches = F.normalize(hidden[:, prefix:].float(), dim=-1)
-        similarity = patches @ patches.transpose(1, 2)
-        return dino_guided_attention(similarity, self.config.dino_mean_scale, self.config.dino_sharpness)
+        # float32 outside autocast: the threshold `S' >= 0` is a discrete choice that a bf16 `S` flips
+        with torch.autocast(pixel_values.device.type, enabled=False):
+            patches = F.normalize(hidden[:, prefix:].float(), dim=-1)
+            similarity = patches @ patches.transpose(1, 2)
+            return dino_guided_attention(similarity, self.config.dino_mean_scale, self.config.dino_sharpness)
 
     # ------------------------------------------------------------------ pipeline steps
     def image_features(self, pixel_values: torch.Tensor, categories: Sequence[str] | None = None) -> VisionFeatures:
