@@ -363,11 +363,11 @@ def adapt(model, steps: int, split: tuple[torch.Tensor, torch.Tensor, torch.Tens
         optimizer = build_optimizer(model)
         generator = torch.Generator().manual_seed(0)
         batches_per_epoch = max(1, len(images) // 8)
+        device = model.device
         for step in range(steps):
             if step % batches_per_epoch == 0:
                 batches = torch.randperm(len(images), generator=generator).split(8)
             batch = batches[step % batches_per_epoch]
-            device = model.device
             loss = model(pixel_values=images[batch].to(device), masks=masks[batch].to(device),
                          labels=labels[batch].to(device), categories=categories(model, len(batch))).loss
             optimizer.zero_grad(set_to_none=True)

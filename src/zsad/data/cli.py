@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from collections.abc import Sequence
 from typing import Optional
 
-from ..cli_utils import ArgumentParser, add_debug_flag, run_command
+from ..cli_utils import ArgumentParser, CommandError, add_debug_flag, run_command
 from .converters import LAYOUTS, convert
 from .writer import FORMATS
 
@@ -56,46 +55,31 @@ def register_convert_command(subparsers: argparse._SubParsersAction) -> argparse
     return parser
 
 
-def _usage_error(message: str) -> int:
-    print(f"zsad convert: error: {message}", file=sys.stderr)
-    return 2
-
-
 def run_convert(args: argparse.Namespace) -> int:
-    """Run a parsed `convert` command; returns the exit status."""
+    """Run a parsed `convert` command under `run_command`, which turns a `CommandError`, `DataError` or
+    `OSError` into one line (exit 2) and prints warnings as `warning: ...` lines; returns 0."""
     kwargs = {"format": args.format, "overwrite": args.overwrite, "skip_invalid": args.skip_invalid,
               "progress": sys.stderr.isatty()}
     if args.dataset_name:
         kwargs["dataset_name"] = args.dataset_name
     if args.layout == "folder":
         if args.categories:
-            return _usage_error("--categories applies to mvtec and visa; use --category for the folder layout")
+            raise CommandError("--categories applies to mvtec and visa; use --category for the folder layout")
         for option in _FOLDER_ONLY:
             if getattr(args, option) is not None:
                 kwargs[option] = getattr(args, option)
     else:
         given = [f"--{option.replace('_', '-')}" for option in _FOLDER_ONLY if getattr(args, option) is not None]
         if given:
-            return _usage_error(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to the folder layout only")
+            raise CommandError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to the folder layout only")
         if args.categories:
             kwargs["categories"] = args.categories
     if args.normal_names:
         if args.layout != "mvtec":
-            return _usage_error("--normal-names applies to the mvtec layout only")
+            raise CommandError("--normal-names applies to the mvtec layout only")
         kwargs["normal_names"] = args.normal_names
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:  # a DataError or OSError becomes one line under `run_command`'s error contract
-            report = convert(args.layout, args.src, args.out, **kwargs)
-        finally:
-            _print_warnings(caught)
-    print(report)
+    print(convert(args.layout, args.src, args.out, **kwargs))
     return 0
-
-
-def _print_warnings(caught: list) -> None:
-    for warning in caught:
-        print(f"warning: {warning.message}", file=sys.stderr)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
