@@ -23,7 +23,7 @@ from PIL import Image
 from zsad import ZeroShotCLIPModel
 from zsad.cli import main as zsad_main
 from zsad.data.synthetic import add_defect, make_texture
-from zsad.modeling_base import LABELS
+from zsad.modeling_outputs import LABELS
 from zsad.testing import save_tiny_backbone
 from zsad.visualize import anomaly_panel
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from transformers import CLIPConfig
 
-from zsad.modeling_base import VIT_L14_336_CLIP_CONFIG
+from zsad.configuration_zsad import VIT_L14_336_CLIP_CONFIG
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "benchmarks" / "throughput.py"
 

@@ -36,7 +36,7 @@ import zsad
 from zsad import ZSADImageProcessor
 from zsad.data.synthetic import iter_synthetic_samples
 from zsad.metrics import auroc
-from zsad.modeling_base import VIT_L14_336_CLIP_CONFIG
+from zsad.configuration_zsad import VIT_L14_336_CLIP_CONFIG
 from zsad.training import build_optimizer
 from zsad.testing import tiny_clip_config
 

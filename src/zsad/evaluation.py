@@ -60,7 +60,7 @@ def _save_heatmaps(batch, output, folder: Path, saved: dict[tuple[str, int], int
     """Panels (input | overlay with the ground-truth outline | colour bar, with score and decision) of the
     de-normalised inputs, per category and label up to its quota. Absolute probability colours."""
     from .clip.processing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-    from .modeling_base import LABELS
+    from .modeling_outputs import LABELS
     from .visualize import anomaly_panel
     from PIL import Image
 

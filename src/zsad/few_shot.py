@@ -22,7 +22,10 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
+from .clip.processing import check_pixel_values
+from .clip.vision import VisionFeatures
 from .file_modes import save_safetensors
+from .scoring import gaussian_blur, upsample_patch_scores
 
 REFERENCE_FUSIONS = ("mean", "memory_only", "zero_shot_only")
 REFERENCES_FORMAT = "zsad-normal-references"
@@ -126,3 +129,110 @@ def split_categories(categories: str | Sequence[str] | None, sizes: Sequence[int
         raise ValueError(f"categories must name one class per reference image ({sum(sizes)}); got {len(categories)}")
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
     return [categories[start : start + size] for start, size in zip(starts, sizes)]
+
+
+class NormalReferencesMixin:
+    """The few-shot memory of `ZSADPreTrainedModel`: set, save, load and score against k normal images.
+
+    The memory holds the features of the model's own `image_features` step (`reference_features`);
+    `fuse_normal_references`, step 5 of the forward, adds the memory map it scores (`memory_maps`).
+    """
+
+    @property
+    def normal_references(self) -> NormalReferences | None:
+        """The memory set by `set_normal_references` / `load_normal_references`, or None (zero-shot)."""
+        return self._normal_references
+
+    @torch.no_grad()
+    def set_normal_references(
+        self,
+        pixel_values: torch.Tensor,
+        categories: str | Sequence[str] | None = None,
+        *,
+        batch_size: int = 8,
+        dtype: torch.dtype = torch.float32,
+    ) -> NormalReferences:
+        """Store the dense features of k normal images `(k, 3, H, W)` as the memory (WinCLIP+, §4.3).
+
+        The features are those of the `image_features` step (`reference_features`), so every model gets
+        its own: AdaCLIP's projected tokens, Crane+'s guided map, WinCLIP's windows. Later forwards add
+        the memory map (`config.reference_fusion`). Images run `batch_size` at a time; `dtype=float16`
+        halves the memory. Replaces any earlier references; not part of the checkpoint.
+        """
+        check_pixel_values(pixel_values, self.config.clip_config.vision_config.patch_size, "normal reference images")
+        if pixel_values.shape[0] == 0:
+            raise ValueError("set_normal_references needs at least one normal reference image")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        chunks = pixel_values.split(batch_size)
+        banks: list[list[torch.Tensor]] = []
+        for chunk, chunk_categories in zip(chunks, split_categories(categories, [len(c) for c in chunks])):
+            features = self.image_features(chunk.to(self.device, self.dtype), chunk_categories)
+            for index, group in enumerate(self.reference_features(features)):
+                if index == len(banks):
+                    banks.append([])
+                banks[index].append(F.normalize(group.float(), dim=-1).flatten(0, 1).to(dtype))
+        self._normal_references = NormalReferences(
+            tuple(torch.cat(bank) for bank in banks),
+            tuple(pixel_values.shape[-2:]),
+            pixel_values.shape[0],
+            self.config.model_type,
+        )
+        return self._normal_references
+
+    def clear_normal_references(self) -> None:
+        """Forget the normal references: forwards are zero-shot again."""
+        self._normal_references = None
+
+    def save_normal_references(self, path: str | os.PathLike) -> None:
+        """Write the memory to one safetensors file (it is never part of `save_pretrained`)."""
+        if self._normal_references is None:
+            raise ValueError("this model has no normal references to save: call set_normal_references(...) first")
+        self._normal_references.save(path)
+
+    def load_normal_references(self, path: str | os.PathLike) -> NormalReferences:
+        """Read a memory written by `save_normal_references` of a model of the same type (and configuration)."""
+        references = NormalReferences.load(path)
+        if references.model_type != self.config.model_type:
+            raise ValueError(
+                f"these normal references were computed by a {references.model_type!r} model; "
+                f"this model is {self.config.model_type!r}"
+            )
+        self._normal_references = references.to(self.device)
+        return self._normal_references
+
+    def reference_features(self, features: VisionFeatures) -> list[torch.Tensor]:
+        """The `(B, n, P)` feature groups stored by `set_normal_references`, one memory bank each;
+        default: every dense map (feature layers, then guided-attention outputs)."""
+        return [*features.patch_embeds, *features.guided_patch_embeds]
+
+    def memory_patch_scores(self, scores: list[torch.Tensor], grid_size: tuple[int, int]) -> torch.Tensor:
+        """`(B, N)` patch scores from the association scores of every bank; default: their mean."""
+        return torch.stack(scores).mean(dim=0)
+
+    def memory_maps(self, features: VisionFeatures, size: tuple[int, int]) -> torch.Tensor:
+        """`(B, H, W)` memory map: per patch the visual association score with the normal references
+        (`1/2 (1 - max cos)`, WinCLIP Eq. 4), upsampled and blurred like the zero-shot map."""
+        references = self._normal_references
+        if references is None:
+            raise ValueError("this model has no normal references: call set_normal_references(...) first")
+        if tuple(size) != tuple(references.image_size):
+            height, width = references.image_size
+            raise ValueError(
+                f"the normal references are {height}x{width} images but these are {size[0]}x{size[1]}: "
+                "process both at the same size"
+            )
+        queries = self.reference_features(features)
+        shapes = [bank.shape[-1] for bank in references.banks]
+        if shapes != [q.shape[-1] for q in queries]:
+            raise ValueError(
+                f"the normal references hold features of widths {shapes}; this model makes "
+                f"{[q.shape[-1] for q in queries]} (references of another model or configuration?)"
+            )
+        device = queries[0].device
+        if references.banks[0].device != device:
+            references = self._normal_references = references.to(device)
+        scores = [association_scores(q, bank) for q, bank in zip(queries, references.banks)]
+        patch_scores = self.memory_patch_scores(scores, features.grid_size)
+        maps = upsample_patch_scores(patch_scores.unsqueeze(-1), features.grid_size, size)[:, 0]
+        return gaussian_blur(maps, self.config.gaussian_sigma)

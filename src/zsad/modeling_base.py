@@ -1,264 +1,29 @@
-"""Core objects shared by every method: `ZSADConfig`, `ZSADPreTrainedModel`, `AnomalyDetectionOutput`.
+"""`ZSADPreTrainedModel`: the forward pipeline every method shares, as named steps a method overrides.
 
-A zsad model owns a frozen `transformers.CLIPModel` (`self.clip`, built from `config.clip_config`) plus
-small trainable adapters. By default checkpoints hold the adapters only; the backbone is reloaded by id
-(`config.backbone_name_or_path`) in `from_pretrained`.
+The configuration lives in `configuration_zsad`, the outputs in `modeling_outputs`, loading and saving
+in `modeling_checkpoints` (`CheckpointMixin`) and the few-shot memory in `few_shot`
+(`NormalReferencesMixin`).
 """
 
 from __future__ import annotations
 
-import copy
-import math
 from collections.abc import Sequence
-import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from transformers import AutoTokenizer, CLIPConfig, CLIPModel, PreTrainedConfig, PreTrainedModel
-from transformers.activations import ACT2FN
-from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput
+from transformers import CLIPModel, PreTrainedModel
 
-from .clip.processing import ZSADImageProcessor
+from .clip.processing import ZSADImageProcessor, check_pixel_values
 from .clip.text import TokenizedPrompts
-from .clip.vision import DENSE_ATTENTION_KINDS, VisionFeatures, encode_image
-from .file_modes import follow_umask, save_safetensors
-from .few_shot import REFERENCE_FUSIONS, NormalReferences, association_scores, fuse, split_categories
-from .hub.remote_code import IMAGE_PROCESSOR_AUTO_MAP, write_remote_code_shim
-from .scoring import (
-    JOINT_SCORE_POOLINGS,
-    anomaly_maps_from_probabilities,
-    gaussian_blur,
-    joint_anomaly_scores,
-    similarity_logits,
-    upsample_patch_scores,
-)
+from .clip.vision import VisionFeatures, encode_image
+from .configuration_zsad import ZSADConfig
+from .few_shot import NormalReferences, NormalReferencesMixin, fuse
+from .modeling_checkpoints import CheckpointMixin
+from .modeling_outputs import AnomalyDetectionOutput, ScoredImages, exceeds
+from .scoring import anomaly_maps_from_probabilities, joint_anomaly_scores, similarity_logits, upsample_patch_scores
 
-DEFAULT_BACKBONE = "openai/clip-vit-large-patch14-336"
-
-# Architecture of openai/clip-vit-large-patch14-336, so a default config builds offline.
-VIT_L14_336_CLIP_CONFIG: dict[str, Any] = {
-    "projection_dim": 768,
-    "text_config": {
-        "hidden_size": 768,
-        "intermediate_size": 3072,
-        "num_attention_heads": 12,
-        "num_hidden_layers": 12,
-        "max_position_embeddings": 77,
-        "vocab_size": 49408,
-        "hidden_act": "quick_gelu",
-        "projection_dim": 768,
-        "bos_token_id": 49406,
-        "eos_token_id": 49407,
-        "pad_token_id": 49407,
-    },
-    "vision_config": {
-        "hidden_size": 1024,
-        "intermediate_size": 4096,
-        "num_attention_heads": 16,
-        "num_hidden_layers": 24,
-        "image_size": 336,
-        "patch_size": 14,
-        "hidden_act": "quick_gelu",
-        "projection_dim": 768,
-    },
-}
-
-POS_EMBED_INTERPOLATIONS = ("bicubic", "bilinear")
-IMAGE_SCORES = ("global", "joint")
-REFERENCE_IMAGE_SIZE = 518  # 37 x 37 patches of 14 px
-
-
-LABELS = ("normal", "anomalous")  # the names of the decisions 0 and 1 (`pred_labels`)
-
-
-def exceeds(values: torch.Tensor, threshold: float) -> torch.Tensor:
-    """The decision rule of every threshold in zsad: anomalous where `values >= threshold`."""
-    return values >= threshold
-
-
-def relative_layer(depth: int, fraction: float) -> int:
-    """1-indexed layer at `fraction` of `depth` (rounded half up, at least 1)."""
-    return max(1, min(depth, math.floor(depth * fraction + 0.5)))
-
-
-class ZSADConfig(PreTrainedConfig):
-    r"""Configuration shared by all zsad models.
-
-    Layer settings of the reference code are written for the 24-layer ViT-L/14; every layer field left as `None`
-    is resolved relative to the backbone depth when the config is created (taps at
-    `default_feature_fractions` of the depth, dense path over the last 19/24 of the layers), so a
-    12-layer ViT-B/16 or a 4-layer test backbone needs no extra arguments. Explicit values always win.
-    All layer indices are 1-indexed, as in the papers.
-
-    Args:
-        backbone_name_or_path: Hub id or local folder of the CLIP backbone (reloaded by `from_pretrained`
-            when `save_backbone` is False).
-        clip_config: the backbone architecture (`CLIPConfig` or dict); defaults to ViT-L/14@336.
-        save_backbone: save the CLIP weights inside checkpoints (air-gapped use) instead of the id only.
-        image_size: input resolution (square); defaults to the multiple of the patch size nearest to 518
-            (518 for the /14 backbones of all reference code, 512 for /16).
-        feature_layers: vision layers whose patch tokens produce anomaly maps (dense-stream tokens from
-            `dense_start_layer` on, plain CLIP tokens before it).
-        dense_attention: dense self-correlation on the second stream (`vv`, `kk`, `qq`, `qq+kk`,
-            `qq+kk+vv`), or `None` for plain CLIP tokens.
-        dense_start_layer: first layer of the dense dual path.
-        temperature: softmax temperature of the patch/global-to-text cosine similarities.
-        gaussian_sigma: sigma (in pixels at `image_size`) of the Gaussian applied to anomaly maps; 0 disables.
-        pos_embed_interpolation: `bicubic` (transformers) or `bilinear` (AnomalyCLIP/Crane reference code).
-        global_post_layernorm: apply `post_layernorm` to the CLS token before the projection (CLIP does;
-            AnomalyCLIP does not).
-        image_score: `global` (the global embedding's anomaly probability, every reference method) or
-            `joint` (HeadCLIP's joint anomaly score:
-            `alpha * p_global + (1 - alpha) * pool(anomaly map)`).
-        joint_score_alpha: alpha of the joint score, in [0, 1].
-        joint_score_pooling: `max` of the map, or `topk_mean`: the mean of its top
-            `joint_score_topk_fraction` pixels.
-        backbone_hidden_act: MLP activation of both CLIP towers (a transformers activation name such as
-            `gelu` or `quick_gelu`), written into `clip_config` so it holds however the backbone is built
-            or loaded; None keeps the backbone's own. AdaCLIP's reference runs the OpenAI weights with
-            exact `gelu`.
-        image_threshold: decision threshold on `pred_scores`; when set, outputs add
-            `pred_labels = pred_scores >= image_threshold` (`zsad calibrate` sets it, docs/inference.md).
-        pixel_threshold: decision threshold on `anomaly_maps`; when set, outputs add
-            `pred_masks = anomaly_maps >= pixel_threshold`.
-        reference_fusion: with normal references set (`set_normal_references`), how the memory map and
-            its maximum combine with the zero-shot map and score: `mean` (WinCLIP+), `memory_only`,
-            `zero_shot_only` (docs/few_shot.md).
-    """
-
-    model_type = "zsad"
-    sub_configs_defaults = {"clip_config": CLIPConfig}
-    default_feature_fractions: ClassVar[tuple[float, ...]] = (0.25, 0.5, 0.75, 1.0)
-    dense_fraction: ClassVar[float] = 19 / 24
-    # Optimiser and schedule of the method's reference training (None: training-free).
-    training_defaults: ClassVar[dict | None] = None
-
-    backbone_name_or_path: str | None = DEFAULT_BACKBONE
-    clip_config: dict | CLIPConfig | None = None
-    save_backbone: bool = False
-    image_size: int | None = None
-    feature_layers: list[int] | tuple[int, ...] | None = None
-    dense_attention: str | None = "vv"
-    dense_start_layer: int | None = None
-    temperature: float = 0.07
-    gaussian_sigma: float = 4.0
-    pos_embed_interpolation: str = "bicubic"
-    global_post_layernorm: bool = True
-    image_score: str = "global"
-    joint_score_alpha: float = 0.5
-    joint_score_pooling: str = "max"
-    joint_score_topk_fraction: float = 0.01
-    backbone_hidden_act: str | None = None
-    image_threshold: float | None = None
-    pixel_threshold: float | None = None
-    reference_fusion: str = "mean"
-
-    def __post_init__(self, **kwargs):
-        if self.clip_config is None:
-            self.clip_config = CLIPConfig(**VIT_L14_336_CLIP_CONFIG)
-        super().__post_init__(**kwargs)
-        if self.backbone_hidden_act is not None:
-            if self.backbone_hidden_act not in ACT2FN:
-                raise ValueError(f"backbone_hidden_act must be a transformers activation name; got {self.backbone_hidden_act!r}")
-            self.clip_config = copy.deepcopy(self.clip_config)  # never change a caller's CLIPConfig
-            self.clip_config.text_config.hidden_act = self.backbone_hidden_act
-            self.clip_config.vision_config.hidden_act = self.backbone_hidden_act
-        depth = self.vision_depth
-        if self.image_size is None:
-            patch = self.clip_config.vision_config.patch_size
-            self.image_size = patch * max(1, round(REFERENCE_IMAGE_SIZE / patch))
-        if self.feature_layers is None:
-            self.feature_layers = sorted({relative_layer(depth, f) for f in self.default_feature_fractions})
-        self.feature_layers = [int(layer) for layer in self.feature_layers]
-        if self.dense_start_layer is None and self.dense_attention is not None:
-            self.dense_start_layer = depth - relative_layer(depth, self.dense_fraction) + 1
-        self._validate_zsad_fields()
-
-    @property
-    def vision_depth(self) -> int:
-        return self.clip_config.vision_config.num_hidden_layers
-
-    @property
-    def text_depth(self) -> int:
-        return self.clip_config.text_config.num_hidden_layers
-
-    def _validate_zsad_fields(self) -> None:
-        depth = self.vision_depth
-        bad = [layer for layer in self.feature_layers if not 1 <= layer <= depth]
-        if not self.feature_layers or bad:
-            raise ValueError(f"feature_layers must be non-empty and within 1..{depth}; got {self.feature_layers}")
-        if self.dense_attention is not None:
-            if self.dense_attention not in DENSE_ATTENTION_KINDS:
-                raise ValueError(
-                    f"dense_attention must be one of {sorted(DENSE_ATTENTION_KINDS)} or None; "
-                    f"got {self.dense_attention!r}"
-                )
-            if not 1 <= self.dense_start_layer <= depth:
-                raise ValueError(f"dense_start_layer must be within 1..{depth}; got {self.dense_start_layer}")
-        if self.pos_embed_interpolation not in POS_EMBED_INTERPOLATIONS:
-            raise ValueError(
-                f"pos_embed_interpolation must be one of {POS_EMBED_INTERPOLATIONS}; "
-                f"got {self.pos_embed_interpolation!r}"
-            )
-        patch = self.clip_config.vision_config.patch_size
-        if self.image_size <= 0 or self.image_size % patch:
-            raise ValueError(f"image_size must be a positive multiple of the patch size {patch}; got {self.image_size}")
-        if self.temperature <= 0 or self.gaussian_sigma < 0:
-            raise ValueError("temperature must be > 0 and gaussian_sigma >= 0")
-        if self.image_score not in IMAGE_SCORES:
-            raise ValueError(f"image_score must be one of {IMAGE_SCORES}; got {self.image_score!r}")
-        if not 0.0 <= self.joint_score_alpha <= 1.0:
-            raise ValueError(f"joint_score_alpha must be within [0, 1]; got {self.joint_score_alpha}")
-        if self.joint_score_pooling not in JOINT_SCORE_POOLINGS:
-            raise ValueError(f"joint_score_pooling must be one of {JOINT_SCORE_POOLINGS}; got {self.joint_score_pooling!r}")
-        if not 0.0 < self.joint_score_topk_fraction <= 1.0:
-            raise ValueError(f"joint_score_topk_fraction must be within (0, 1]; got {self.joint_score_topk_fraction}")
-        for name in ("image_threshold", "pixel_threshold"):
-            value = getattr(self, name)
-            if value is not None and not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number or None; got {value!r}")
-        if self.reference_fusion not in REFERENCE_FUSIONS:
-            raise ValueError(f"reference_fusion must be one of {REFERENCE_FUSIONS}; got {self.reference_fusion!r}")
-
-
-@dataclass
-class AnomalyDetectionOutput(ModelOutput):
-    """Outputs of every zsad model (names follow anomalib's `pred_score` / `anomaly_map`, batched).
-
-    Args:
-        loss: training loss, when `labels` and/or `masks` were given.
-        pred_scores: `(B,)` image-level anomaly probability in [0, 1].
-        anomaly_maps: `(B, H, W)` pixel-level anomaly probability at the input resolution.
-        patch_logits: per feature layer, `(B, N, 2)` normal/anomaly logits of the patch tokens.
-        image_logits: `(B, 2)` normal/anomaly logits of the global embedding.
-        pred_labels: `(B,)` int64, 1 = anomalous (`pred_scores >= config.image_threshold`); only when the
-            threshold is set.
-        pred_masks: `(B, H, W)` bool (`anomaly_maps >= config.pixel_threshold`); only when the threshold is set.
-    """
-
-    loss: torch.FloatTensor | None = None
-    pred_scores: torch.FloatTensor | None = None
-    anomaly_maps: torch.FloatTensor | None = None
-    patch_logits: tuple[torch.FloatTensor, ...] | None = None
-    image_logits: torch.FloatTensor | None = None
-    pred_labels: torch.LongTensor | None = None
-    pred_masks: torch.BoolTensor | None = None
-
-
-@dataclass
-class ScoredImages:
-    """Everything `ZSADPreTrainedModel.score_images` computes on the way to the scores and maps."""
-
-    features: VisionFeatures
-    patch_logits: list[torch.Tensor]
-    image_logits: torch.Tensor
-    map_probabilities: list[torch.Tensor]
-    anomaly_maps: torch.Tensor
-    pred_scores: torch.Tensor
+__all__ = ["AnomalyDetectionOutput", "ZSADAdapter", "ZSADConfig", "ZSADPreTrainedModel"]
 
 
 class ZSADAdapter(nn.Module):
@@ -284,7 +49,7 @@ class _TextFeaturesCall(nn.Module):
         return self.model.compute_text_features()
 
 
-class ZSADPreTrainedModel(PreTrainedModel):
+class ZSADPreTrainedModel(NormalReferencesMixin, CheckpointMixin, PreTrainedModel):
     """Frozen CLIP backbone + trainable adapters, adapter-only checkpoints, text-feature cache.
 
     `forward` is one pipeline of named steps, each a method that a subclass overrides where its paper
@@ -323,7 +88,7 @@ class ZSADPreTrainedModel(PreTrainedModel):
         self._text_cache: tuple[tuple, torch.Tensor] | None = None
         self._normal_references: NormalReferences | None = None
 
-    # ------------------------------------------------------------------ weights and checkpoints
+    # ------------------------------------------------------------------ weights
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         # The CLIP backbone is a PreTrainedModel: transformers dispatches its own initialisation.
@@ -337,132 +102,6 @@ class ZSADPreTrainedModel(PreTrainedModel):
         for name in ("clip", *self.extra_backbones()):
             getattr(self, name).eval()  # frozen backbones: no dropout, whatever the adapters do
         return self
-
-    def extra_backbones(self) -> dict[str, str]:
-        """Frozen pretrained modules besides `clip`, as `{attribute name: Hub id or folder}`.
-
-        Like the CLIP backbone they stay in eval mode, are left out of adapter-only checkpoints and are
-        loaded from their id by `from_backbone` and `from_pretrained` (e.g. Crane+'s DINOv2).
-        """
-        return {}
-
-    def load_extra_backbones(self) -> None:
-        """Copy the weights of every `extra_backbones()` module from its id (architectures must match)."""
-        for name, backbone_id in self.extra_backbones().items():
-            module = getattr(self, name)
-            pretrained = _load_pretrained(type(module), backbone_id, module.dtype, f"`{name}` backbone")
-            _copy_weights(module, pretrained, backbone_id, name)
-
-    @classmethod
-    def from_backbone(
-        cls,
-        backbone_name_or_path: str | os.PathLike = DEFAULT_BACKBONE,
-        *,
-        dtype: torch.dtype | None = None,
-        **config_kwargs: Any,
-    ) -> ZSADPreTrainedModel:
-        """Build a fresh model (untrained adapters) on the CLIP weights and tokenizer at `backbone_name_or_path`.
-
-        A local folder is stored as an absolute path, so the checkpoint loads from any working directory.
-        """
-        backbone_id = backbone_reference(backbone_name_or_path)
-        backbone = _load_clip(backbone_id, dtype=dtype)
-        tokenizer = _load_tokenizer(backbone_id)
-        config = cls.config_class(
-            backbone_name_or_path=backbone_id, clip_config=backbone.config.to_dict(), **config_kwargs
-        )
-        cls.tokenize_prompts(config, tokenizer)
-        model = cls(config)
-        model.clip.load_state_dict(backbone.state_dict())
-        model.load_extra_backbones()
-        return model.to(dtype=backbone.dtype)
-
-    @classmethod
-    def tokenize_prompts(cls, config: ZSADConfig, tokenizer) -> None:
-        """Store the token ids of the method's fixed texts in `config` (so checkpoints need no tokenizer)."""
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, backbone_name_or_path=None, **kwargs):
-        """Load a zsad checkpoint; adapter-only checkpoints reload the backbone by id.
-
-        `backbone_name_or_path` overrides the id stored in the config (e.g. a local mirror of the backbone).
-        """
-        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        if backbone_name_or_path is not None:
-            model.config.backbone_name_or_path = backbone_reference(backbone_name_or_path)
-        if not model.config.save_backbone:
-            model.load_backbone(model.config.backbone_name_or_path)
-            model.load_extra_backbones()
-        return model
-
-    def load_backbone(self, backbone_name_or_path: str | os.PathLike) -> None:
-        """Copy the CLIP weights at `backbone_name_or_path` into `self.clip` (architectures must match)."""
-        backbone_id = os.fspath(backbone_name_or_path)
-        _copy_weights(self.clip, _load_clip(backbone_id, dtype=self.clip.dtype), backbone_id, "clip")
-        self._text_cache = None
-
-    def save_pretrained(self, save_directory: str | os.PathLike, *, save_backbone: bool | None = None, **kwargs):
-        """Save config + adapter tensors (safetensors) + remote-code shim + model card.
-
-        With `save_backbone=True` (or `config.save_backbone`) the CLIP weights are saved too and the
-        checkpoint loads without access to the backbone id.
-        """
-        from .hub.model_card import write_model_card
-
-        kwargs.pop("safe_serialization", None)  # safetensors only
-        previous = self.config.save_backbone
-        if save_backbone is not None:
-            self.config.save_backbone = bool(save_backbone)
-        try:
-            if not self.config.save_backbone and kwargs.get("state_dict") is None:
-                kwargs["state_dict"] = self.adapter_state_dict()
-            self.config.auto_map = write_remote_code_shim(save_directory, type(self.config), type(self))
-            super().save_pretrained(save_directory, **kwargs)
-            weights = Path(save_directory) / SAFE_WEIGHTS_NAME
-            if not weights.exists() and kwargs.get("state_dict") == {}:
-                # A training-free model has no adapter tensor; transformers then writes no weights file,
-                # which from_pretrained requires.
-                save_safetensors({}, weights, metadata={"format": "pt"})
-            processor = self.image_processor()
-            processor.auto_map = IMAGE_PROCESSOR_AUTO_MAP  # AutoImageProcessor with trust_remote_code, no import
-            processor.save_pretrained(save_directory)
-            write_model_card(self, save_directory, overwrite=False)
-            follow_umask(save_directory)
-        finally:
-            self.config.save_backbone = previous
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        commit_message: str | None = None,
-        private: bool | None = None,
-        token: str | None = None,
-        revision: str | None = None,
-        save_backbone: bool | None = None,
-        **card_kwargs: Any,
-    ) -> str:
-        """Upload this model (as `save_pretrained` writes it) with its model card in one commit.
-
-        transformers' own `push_to_hub` would replace the card with its generic template. `card_kwargs` go to `build_model_card` (`training_data`,
-        `results_markdown`, `datasets`). Returns the commit URL.
-        """
-        import tempfile
-
-        from .hub.model_card import write_model_card
-        from .hub.push import push_folder
-
-        with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder, save_backbone=save_backbone)
-            write_model_card(self, folder, overwrite=True, repo_id=repo_id, **card_kwargs)
-            return push_folder(
-                folder,
-                repo_id,
-                token=token,
-                private=private,
-                revision=revision,
-                commit_message=commit_message or f"Upload {type(self).__name__}",
-            )
 
     def onnx_export_blocker(self) -> str | None:
         """Why `zsad.export.export_onnx` cannot export this model as configured, or None.
@@ -478,11 +117,6 @@ class ZSADPreTrainedModel(PreTrainedModel):
         """The `ZSADImageProcessor` for this model's input size (saved with every checkpoint)."""
         return ZSADImageProcessor(image_size=self.config.image_size)
 
-    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """Every tensor of the state dict except the frozen backbones' (`clip` and `extra_backbones()`)."""
-        frozen = tuple(f"{name}." for name in ("clip", *self.extra_backbones()))
-        return {k: v for k, v in self.state_dict().items() if not k.startswith(frozen)}
-
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
@@ -494,106 +128,6 @@ class ZSADPreTrainedModel(PreTrainedModel):
         """
         return {"adapters": [p for p in self.parameters() if p.requires_grad]}
 
-    # ------------------------------------------------------------------ normal references (few-shot)
-    @property
-    def normal_references(self) -> NormalReferences | None:
-        """The memory set by `set_normal_references` / `load_normal_references`, or None (zero-shot)."""
-        return self._normal_references
-
-    @torch.no_grad()
-    def set_normal_references(
-        self,
-        pixel_values: torch.Tensor,
-        categories: str | Sequence[str] | None = None,
-        *,
-        batch_size: int = 8,
-        dtype: torch.dtype = torch.float32,
-    ) -> NormalReferences:
-        """Store the dense features of k normal images `(k, 3, H, W)` as the memory (WinCLIP+, §4.3).
-
-        The features are those of the `image_features` step (`reference_features`), so every model gets
-        its own: AdaCLIP's projected tokens, Crane+'s guided map, WinCLIP's windows. Later forwards add
-        the memory map (`config.reference_fusion`). Images run `batch_size` at a time; `dtype=float16`
-        halves the memory. Replaces any earlier references; not part of the checkpoint.
-        """
-        _check_pixel_values(pixel_values, self.config.clip_config.vision_config.patch_size, "normal reference images")
-        if pixel_values.shape[0] == 0:
-            raise ValueError("set_normal_references needs at least one normal reference image")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-        chunks = pixel_values.split(batch_size)
-        banks: list[list[torch.Tensor]] = []
-        for chunk, chunk_categories in zip(chunks, split_categories(categories, [len(c) for c in chunks])):
-            features = self.image_features(chunk.to(self.device, self.dtype), chunk_categories)
-            for index, group in enumerate(self.reference_features(features)):
-                if index == len(banks):
-                    banks.append([])
-                banks[index].append(F.normalize(group.float(), dim=-1).flatten(0, 1).to(dtype))
-        self._normal_references = NormalReferences(
-            tuple(torch.cat(bank) for bank in banks),
-            tuple(pixel_values.shape[-2:]),
-            pixel_values.shape[0],
-            self.config.model_type,
-        )
-        return self._normal_references
-
-    def clear_normal_references(self) -> None:
-        """Forget the normal references: forwards are zero-shot again."""
-        self._normal_references = None
-
-    def save_normal_references(self, path: str | os.PathLike) -> None:
-        """Write the memory to one safetensors file (it is never part of `save_pretrained`)."""
-        if self._normal_references is None:
-            raise ValueError("this model has no normal references to save: call set_normal_references(...) first")
-        self._normal_references.save(path)
-
-    def load_normal_references(self, path: str | os.PathLike) -> NormalReferences:
-        """Read a memory written by `save_normal_references` of a model of the same type (and configuration)."""
-        references = NormalReferences.load(path)
-        if references.model_type != self.config.model_type:
-            raise ValueError(
-                f"these normal references were computed by a {references.model_type!r} model; "
-                f"this model is {self.config.model_type!r}"
-            )
-        self._normal_references = references.to(self.device)
-        return self._normal_references
-
-    def reference_features(self, features: VisionFeatures) -> list[torch.Tensor]:
-        """The `(B, n, P)` feature groups stored by `set_normal_references`, one memory bank each;
-        default: every dense map (feature layers, then guided-attention outputs)."""
-        return [*features.patch_embeds, *features.guided_patch_embeds]
-
-    def memory_patch_scores(self, scores: list[torch.Tensor], grid_size: tuple[int, int]) -> torch.Tensor:
-        """`(B, N)` patch scores from the association scores of every bank; default: their mean."""
-        return torch.stack(scores).mean(dim=0)
-
-    def memory_maps(self, features: VisionFeatures, size: tuple[int, int]) -> torch.Tensor:
-        """`(B, H, W)` memory map: per patch the visual association score with the normal references
-        (`1/2 (1 - max cos)`, WinCLIP Eq. 4), upsampled and blurred like the zero-shot map."""
-        references = self._normal_references
-        if references is None:
-            raise ValueError("this model has no normal references: call set_normal_references(...) first")
-        if tuple(size) != tuple(references.image_size):
-            height, width = references.image_size
-            raise ValueError(
-                f"the normal references are {height}x{width} images but these are {size[0]}x{size[1]}: "
-                "process both at the same size"
-            )
-        queries = self.reference_features(features)
-        shapes = [bank.shape[-1] for bank in references.banks]
-        if shapes != [q.shape[-1] for q in queries]:
-            raise ValueError(
-                f"the normal references hold features of widths {shapes}; this model makes "
-                f"{[q.shape[-1] for q in queries]} (references of another model or configuration?)"
-            )
-        device = queries[0].device
-        if references.banks[0].device != device:
-            references = self._normal_references = references.to(device)
-        scores = [association_scores(q, bank) for q, bank in zip(queries, references.banks)]
-        patch_scores = self.memory_patch_scores(scores, features.grid_size)
-        maps = upsample_patch_scores(patch_scores.unsqueeze(-1), features.grid_size, size)[:, 0]
-        return gaussian_blur(maps, self.config.gaussian_sigma)
-
     # ------------------------------------------------------------------ forward pieces
     def encode_image(self, pixel_values: torch.Tensor, **options: Any) -> VisionFeatures:
         """One vision pass: global embedding + dense patch embeddings at `config.feature_layers`.
@@ -601,7 +135,7 @@ class ZSADPreTrainedModel(PreTrainedModel):
         `options` are further `zsad.clip.vision.encode_image` arguments (`visual_prompts`,
         `guided_attention`, `project_patches`) or overrides of the config's vision settings.
         """
-        _check_pixel_values(pixel_values, self.config.clip_config.vision_config.patch_size)
+        check_pixel_values(pixel_values, self.config.clip_config.vision_config.patch_size)
         cfg = self.config
         settings = {
             "feature_layers": cfg.feature_layers,
@@ -730,7 +264,7 @@ class ZSADPreTrainedModel(PreTrainedModel):
 
         `text_features` replaces step 2 (the ONNX export bakes them in as a constant).
         """
-        _check_pixel_values(pixel_values, self.config.clip_config.vision_config.patch_size)
+        check_pixel_values(pixel_values, self.config.clip_config.vision_config.patch_size)
         size = tuple(pixel_values.shape[-2:])
         features = self.image_features(pixel_values, categories)
         text = self.prompt_text_features(features, categories) if text_features is None else text_features
@@ -792,53 +326,6 @@ class ZSADPreTrainedModel(PreTrainedModel):
             **self.output_extras(scored.features),
         )
         return output if return_dict is not False else output.to_tuple()
-
-
-def backbone_reference(backbone_name_or_path: str | os.PathLike) -> str:
-    """How a config stores a backbone: an existing local folder as an absolute path, a Hub id as given."""
-    path = Path(os.fspath(backbone_name_or_path)).expanduser()
-    return os.fspath(path.resolve()) if path.is_dir() else os.fspath(backbone_name_or_path)
-
-
-def _load_clip(backbone_id: str, dtype: torch.dtype | None) -> CLIPModel:
-    return _load_pretrained(CLIPModel, backbone_id, dtype, "CLIP backbone")
-
-
-def _load_pretrained(model_class: type[PreTrainedModel], backbone_id: str, dtype: torch.dtype | None, what: str):
-    try:
-        return model_class.from_pretrained(backbone_id, dtype=dtype if dtype is not None else torch.float32)
-    except (OSError, ValueError) as error:
-        raise OSError(f"cannot load the {what} {backbone_id!r} ({_first_line(error)})") from error
-
-
-def _copy_weights(module: nn.Module, pretrained: nn.Module, backbone_id: str, name: str) -> None:
-    try:
-        module.load_state_dict(pretrained.state_dict())
-    except RuntimeError as error:
-        raise ValueError(
-            f"the backbone at {backbone_id!r} does not match the architecture of `{name}` in this model's config: {error}"
-        ) from error
-
-
-def _load_tokenizer(backbone_id: str):
-    try:
-        return AutoTokenizer.from_pretrained(backbone_id)
-    except (OSError, ValueError) as error:
-        raise OSError(f"cannot load the tokenizer of the CLIP backbone {backbone_id!r} ({_first_line(error)})") from error
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def _check_pixel_values(pixel_values: torch.Tensor, patch_size: int, name: str = "pixel_values") -> None:
-    if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
-        shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values)
-        raise ValueError(f"{name} must be a (B, 3, H, W) tensor of RGB images; got shape {shape}")
-    height, width = pixel_values.shape[-2:]
-    if height % patch_size or width % patch_size:
-        raise ValueError(f"{name}: height and width must be multiples of the patch size {patch_size}; got {height}x{width}")
 
 
 def _check_targets(

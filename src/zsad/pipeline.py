@@ -19,7 +19,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 from .clip.processing import ImageInput, load_image, to_rgb
 from .few_shot import reference_images
-from .modeling_base import LABELS, exceeds
+from .modeling_outputs import LABELS, exceeds
 
 TASK = "zero-shot-anomaly-detection"
 

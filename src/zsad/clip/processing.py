@@ -221,3 +221,12 @@ def resize_map(anomaly_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     if tuple(values.shape[-2:]) != tuple(size):
         values = F.interpolate(values, size=tuple(size), mode="bilinear", align_corners=False)
     return values[0, 0]
+
+
+def check_pixel_values(pixel_values: torch.Tensor, patch_size: int, name: str = "pixel_values") -> None:
+    if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
+        shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values)
+        raise ValueError(f"{name} must be a (B, 3, H, W) tensor of RGB images; got shape {shape}")
+    height, width = pixel_values.shape[-2:]
+    if height % patch_size or width % patch_size:
+        raise ValueError(f"{name}: height and width must be multiples of the patch size {patch_size}; got {height}x{width}")

@@ -16,7 +16,7 @@ from typing import Any, Optional, Union
 import datasets
 import pyarrow.compute as pc
 
-from ..cli_utils import first_line
+from ..errors import first_line
 from .errors import DataError, DataWarning, SchemaError
 from .schema import ANOMALY, ensure_schema
 

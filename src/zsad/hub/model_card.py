@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-if TYPE_CHECKING:
-    from ..modeling_base import ZSADPreTrainedModel
+from transformers import PreTrainedModel
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
 
@@ -19,7 +15,7 @@ def _is_hub_id(name: str | None) -> bool:
 
 
 def build_model_card(
-    model: ZSADPreTrainedModel,
+    model: PreTrainedModel,
     *,
     repo_id: str | None = None,
     training_data: str | None = None,
@@ -69,7 +65,7 @@ def build_model_card(
     )
 
 
-def write_model_card(model: ZSADPreTrainedModel, save_directory: str | os.PathLike, *, overwrite: bool = False, **kwargs) -> Path:
+def write_model_card(model: PreTrainedModel, save_directory: str | os.PathLike, *, overwrite: bool = False, **kwargs) -> Path:
     """Write `README.md` into `save_directory` (kept as is if present and not `overwrite`)."""
     path = Path(save_directory) / "README.md"
     if overwrite or not path.exists():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from ...modeling_base import ZSADConfig
+from ...configuration_zsad import ZSADConfig
 from ..zsad_clip.configuration_zsad_clip import TEMPLATES
 
 # AdaCLIP's class-aware ensemble uses the first four of the shared templates.

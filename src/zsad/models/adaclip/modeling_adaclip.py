@@ -23,7 +23,8 @@ from ...adapters.projections import FeatureProjections
 from ...clip.text import TokenizedPrompts, encode_text
 from ...losses import focal_loss, segmentation_loss
 from ...clip.vision import VisionFeatures
-from ...modeling_base import ZSADPreTrainedModel, _load_tokenizer
+from ...modeling_base import ZSADPreTrainedModel
+from ...modeling_checkpoints import load_tokenizer
 from ...scoring import similarity_logits, upsample_patch_scores
 from ..zsad_clip.configuration_zsad_clip import ANOMALY_STATES, NORMAL_STATES
 from .configuration_adaclip import ADACLIP_TEMPLATES, AdaCLIPConfig
@@ -173,7 +174,7 @@ class AdaCLIPModel(ZSADPreTrainedModel):
         `tokenizer` defaults to the backbone's, loaded from `config.backbone_name_or_path`.
         """
         if tokenizer is None:
-            tokenizer = _load_tokenizer(self.config.backbone_name_or_path)
+            tokenizer = load_tokenizer(self.config.backbone_name_or_path)
         config = type(self.config).from_dict({**self.config.to_dict(), "class_names": list(class_names)})
         self.tokenize_prompts(config, tokenizer)
         self.config.class_names, self.config.prompt_token_ids = config.class_names, config.prompt_token_ids

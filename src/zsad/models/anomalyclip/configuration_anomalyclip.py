@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from ...modeling_base import ZSADConfig
+from ...configuration_zsad import ZSADConfig
 
 
 class AnomalyCLIPConfig(ZSADConfig):

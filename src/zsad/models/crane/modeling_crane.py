@@ -28,7 +28,9 @@ from ...clip.processing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from ...clip.text import TokenizedPrompts
 from ...losses import dice_loss, focal_loss
 from ...clip.vision import VisionFeatures
-from ...modeling_base import DEFAULT_BACKBONE, ZSADPreTrainedModel, _first_line
+from ...clip import DEFAULT_BACKBONE
+from ...errors import first_line
+from ...modeling_base import ZSADPreTrainedModel
 from ...scoring import similarity_logits, upsample_patch_scores
 from ..anomalyclip.modeling_anomalyclip import AnomalyCLIPModel
 from .configuration_crane import DEFAULT_DINO_BACKBONE, CraneConfig
@@ -115,7 +117,7 @@ class CraneModel(ZSADPreTrainedModel):
             try:
                 dino_config = AutoConfig.from_pretrained(dino_id)
             except (OSError, ValueError) as error:
-                raise OSError(f"cannot load the DINOv2 backbone {dino_id!r} ({_first_line(error)})") from error
+                raise OSError(f"cannot load the DINOv2 backbone {dino_id!r} ({first_line(error)})") from error
             config_kwargs.update(dino_backbone_name_or_path=dino_id, dino_config=dino_config.to_dict())
         return super().from_backbone(backbone_name_or_path, dtype=dtype, **config_kwargs)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from ...modeling_base import relative_layer
+from ...configuration_zsad import relative_layer
 from ..anomalyclip.configuration_anomalyclip import AnomalyCLIPConfig
 
 DAKA_ROUTINGS = ("token", "image")

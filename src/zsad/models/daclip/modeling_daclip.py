@@ -35,7 +35,8 @@ from ...adapters.projections import FeatureProjections
 from ...adapters.prompt_learner import ObjectAgnosticPrompts
 from ...clip.text import TokenizedPrompts
 from ...clip.vision import VisionFeatures, project_tokens
-from ...modeling_base import AnomalyDetectionOutput, ZSADPreTrainedModel
+from ...modeling_base import ZSADPreTrainedModel
+from ...modeling_outputs import AnomalyDetectionOutput
 from ..anomalyclip.modeling_anomalyclip import AnomalyCLIPModel
 from .configuration_daclip import DACLIPConfig
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from ...modeling_base import ZSADConfig
+from ...configuration_zsad import ZSADConfig
 
 # The hand-crafted prompt ensemble of the reference code (WinCLIP's): state phrasings inside templates.
 NORMAL_STATES = (

@@ -1,0 +1,276 @@
+"""What every zsad command shares: the error contract, flag types, the output-folder guard, the device
+choice and the Hub check (`zsad ...`, `zsad train`, the example scripts).
+
+A user error (a bad flag value, a missing file, an unusable output folder, unreadable data, a backbone
+that cannot be downloaded) ends the command with exit status 2 and exactly one line on stderr,
+`<prog>: error: <what is wrong, naming the file, flag or value, and what to do>`, without a traceback;
+`--debug` prints the traceback too. Anything else is a bug: one line, exit status 1, and `--debug`.
+
+This module imports neither torch nor transformers, so `zsad --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import socket
+import sys
+import tempfile
+import traceback
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ..errors import first_line
+
+# Memory of a ViT grows with the square of the token count, i.e. the fourth power of the image size;
+# 2048 px is already 22k tokens on a /14 backbone (the reference size is 518).
+MAX_IMAGE_SIZE = 2048
+HUB_PROBE_TIMEOUT_S = 3.0
+_PROBE = ".zsad-write-test-"  # the writability probe of prepare_output_dir (other processes may see it)
+OFFLINE_HINT = "python -m zsad.testing --out DIR writes a tiny random one for a smoke test"
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as one line, exit code 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (`prog: error: ... (see prog --help)`), exit status 2.
+
+    With `hyphen_aliases=True`, every `--snake_case` option also accepts `--snake-case` (shown first in
+    the help), so the example scripts and `zsad` share one flag style and old spellings keep working.
+    """
+
+    def __init__(self, *args, hyphen_aliases: bool = False, **kwargs) -> None:
+        self.hyphen_aliases = hyphen_aliases  # before argparse adds -h/--help
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *names, **kwargs):  # type: ignore[override]
+        if self.hyphen_aliases and names and all(name.startswith("--") for name in names):
+            spelled = [name.replace("_", "-") for name in names if "_" in name]
+            if spelled and "dest" not in kwargs:
+                kwargs["dest"] = names[0][2:]
+            names = tuple(dict.fromkeys([*spelled, *names]))
+        return super().add_argument(*names, **kwargs)
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_debug_flag(parser: argparse.ArgumentParser, *, suppress_default: bool = False) -> None:
+    """`--debug`: print the traceback of an error. `suppress_default` for sub-parsers, so that
+    `zsad --debug detect ...` and `zsad detect --debug ...` both work."""
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS if suppress_default else False,
+                        help="print the full traceback of an error")
+
+
+# ------------------------------------------------------------------------------------------ flag values
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (0 and negative values are errors, never 'use the default')."""
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def image_size(text: str) -> int:
+    """argparse type: an input resolution in 1..MAX_IMAGE_SIZE."""
+    value = positive_int(text)
+    if value > MAX_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"must be at most {MAX_IMAGE_SIZE} (memory grows with the square of the patch count), got {text}"
+        )
+    return value
+
+
+# ---------------------------------------------------------------------------------------- paths and ids
+def looks_like_path(value: str) -> bool:
+    """True unless `value` has the shape of a Hub id (`org/name`): `./x`, `/x`, `~/x`, `x`, `a/b/c`, `x/`."""
+    return (
+        value.startswith((".", "/", "~"))
+        or "\\" in value
+        or value.endswith("/")
+        or value.count("/") != 1
+    )
+
+
+def local_path_or_hub_id(value: str, flag: str) -> str:
+    """`value` if it exists on disk or has the shape of a Hub id; else "no such file or folder"."""
+    if Path(value).expanduser().exists():
+        return os.fspath(Path(value).expanduser())
+    if looks_like_path(value):
+        raise CommandError(f"no such file or folder: {value} ({flag}; a Hub id looks like org/name)")
+    return value
+
+
+def prepare_output_dir(path: str | os.PathLike, *, flag: str, overwrite: bool = False,
+                       resume: bool = False, resume_flag: str | None = None) -> Path:
+    """Create (or accept) the output folder before any work: it must be a writable folder, and empty
+    unless `overwrite` or `resume` is set. Returns it as a `Path`."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise CommandError(f"{flag} {folder} exists and is not a folder; choose another {flag}")
+    if folder.is_dir() and not (overwrite or resume) and any(not p.name.startswith(_PROBE) for p in folder.iterdir()):
+        hint = f", {resume_flag} to continue the run there" if resume_flag else ""
+        raise CommandError(
+            f"{flag} {folder} is not empty: pass --overwrite to write over it{hint}, or choose another {flag}"
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=_PROBE):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise CommandError(f"cannot write to {flag} {folder} ({reason}); choose a writable folder") from None
+    return folder
+
+
+# ------------------------------------------------------------------------------------------- device
+def resolve_device(name: str):
+    """`auto` (CUDA, then MPS, then CPU) or a torch device name that this machine actually has."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise CommandError(f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if torch.version.cuda is None:
+            raise CommandError(f"--device {name}: this torch build ({torch.__version__}) has no CUDA support; "
+                               "use --device cpu, or install a CUDA build of torch")
+        if not torch.cuda.is_available():
+            raise CommandError(f"--device {name}: no CUDA GPU is visible; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise CommandError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise CommandError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise CommandError(f"--device {name!r}: unsupported device type; use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+# ---------------------------------------------------------------------------------------------- Hub
+def _hub_offline() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
+        return True
+    constants = sys.modules.get("huggingface_hub.constants")
+    return bool(constants is not None and getattr(constants, "HF_HUB_OFFLINE", False))
+
+
+@functools.lru_cache(maxsize=None)
+def _hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """Why the Hub endpoint cannot be reached by a plain TCP connection, or None (reachable or proxied)."""
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # the proxy decides; let huggingface_hub try
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname or "", port), timeout=timeout).close()
+    except OSError as error:
+        return error.strerror or str(error) or type(error).__name__
+    return None
+
+
+def _go_offline() -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
+
+
+def check_hub_access(repo_id: str, *, what: str, flag: str) -> None:
+    """Fail fast (a few seconds, not minutes of retries) when `repo_id` must be downloaded and the Hub
+    cannot be reached; with a cached copy, switch the process to offline mode and use it."""
+    if _hub_offline() or Path(repo_id).expanduser().exists():
+        return
+    reason = _hub_unreachable()
+    if reason is None:
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        _go_offline()
+        return
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    raise CommandError(
+        f"cannot download the {what} {repo_id!r}: no connection to {endpoint} ({reason}); offline, pass "
+        f"{flag} DIR with a local copy ({OFFLINE_HINT})"
+    )
+
+
+# ------------------------------------------------------------------------------------- running commands
+def user_error_message(error: BaseException) -> str | None:
+    """The one-line message of a user error (bad input or data), None for anything else (a bug)."""
+    if isinstance(error, CommandError):
+        return str(error)
+    if isinstance(error, OSError):  # files, disks, network: the message names the path or host
+        return first_line(error)
+    # zsad's own input errors; their modules are loaded whenever they can have been raised.
+    for module, name in (("zsad.data.errors", "DataError"), ("zsad.clip.processing", "ImageLoadError")):
+        error_class = getattr(sys.modules.get(module), name, None)
+        if error_class is not None and isinstance(error, error_class):
+            return first_line(error)
+    return None
+
+
+def _show_warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one readable line (`warning: ...`) instead of Python's file:line format."""
+    print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+
+def run_command(prog: str, func: Callable[[], int | None], *, debug: bool = False) -> int:
+    """Run `func` under the error contract; returns the exit status (0, 1 for a bug, 2, 130 on Ctrl-C)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = _show_warning_line
+            result = func()
+        return 0 if result is None else int(result)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the contract: no traceback without --debug
+        if debug:
+            traceback.print_exc()
+        message = user_error_message(error)
+        if message is not None:
+            print(f"{prog}: error: {message}", file=sys.stderr)
+            return 2
+        print(f"{prog}: internal error: {type(error).__name__}: {first_line(error)}"
+              f"{'' if debug else ' (run again with --debug for the traceback)'}", file=sys.stderr)
+        return 1

@@ -1,0 +1,9 @@
+"""Error text helpers shared by the library and the commands (no torch, no transformers)."""
+
+from __future__ import annotations
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
