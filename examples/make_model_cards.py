@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 import zsad
-from zsad.hub.import_checkpoint import RELEASED_VARIANTS, released_variant_card
+from zsad.hub.released.cards import released_variant_card
+from zsad.hub.released.variants import RELEASED_VARIANTS
 from zsad.hub.model_card import build_model_card
 
 def generate(out_dir: Path) -> list[Path]:

@@ -23,8 +23,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from zsad.hub.import_checkpoint import CheckpointImportError, ReleasedVariant, import_released_checkpoint
-from zsad.modeling_base import DEFAULT_BACKBONE
+from zsad.hub.released.importer import import_released_checkpoint
+from zsad.hub.released.safe_loading import CheckpointImportError
+from zsad.hub.released.variants import ReleasedVariant
+from zsad.clip import DEFAULT_BACKBONE
 
 # (method, training set, epoch) -> path under RELEASED_DIR, in the reference repositories' layout.
 RELEASED_PATHS = {

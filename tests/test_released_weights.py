@@ -16,11 +16,12 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
-from transformers import AutoModel, AutoTokenizer, CLIPConfig, CLIPModel, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+from transformers import AutoModel, AutoTokenizer, CLIPModel, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
 import zsad
 from zsad.cli import main
-from zsad.hub.import_checkpoint import CheckpointImportError, check_embedding_buffers
+from zsad.hub.released.anomalyclip_crane import check_embedding_buffers
+from zsad.hub.released.safe_loading import CheckpointImportError
 from zsad.testing import save_tiny_backbone
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -54,27 +55,6 @@ def model_index(path: Path) -> dict[tuple[str, str, str], float]:
             values[(entry["dataset"]["name"], entry["task"]["type"], metric["type"])] = metric["value"]
         assert "reported by the authors, not measured by zsad" in entry["source"]["name"]
     return values
-
-
-@pytest.fixture(scope="module")
-def vitl_text_backbone(tmp_path_factory):
-    """Random CLIP with ViT-L/14@336's text widths (768, 12 heads, vocab 49408, projection 768), 9 text
-    layers, a small patch-14 vision tower, and the real CLIP tokenizer."""
-    if not CLIP_TOKENIZER.is_dir():
-        pytest.skip("../shared is absent")
-    torch.manual_seed(0)
-    config = CLIPConfig(
-        projection_dim=768,
-        text_config=dict(vocab_size=49408, hidden_size=768, intermediate_size=64, num_hidden_layers=9,
-                         num_attention_heads=12, max_position_embeddings=77, projection_dim=768,
-                         bos_token_id=49406, eos_token_id=49407, pad_token_id=49407),
-        vision_config=dict(image_size=28, patch_size=14, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, projection_dim=768),
-    )
-    path = tmp_path_factory.mktemp("vitl-text-clip")
-    CLIPModel(config).save_pretrained(path)
-    AutoTokenizer.from_pretrained(CLIP_TOKENIZER).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
