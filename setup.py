@@ -17,7 +17,7 @@ setup(
     package_dir={"": "src"},
     packages=find_packages("src"),
     include_package_data=True,
-    package_data={"zsad": ["hub/templates/*", "metrics/evaluate_module/aupro/*"]},
+    package_data={"zsad": ["hub/templates/*", "hub/released/registry.json", "metrics/evaluate_module/aupro/*"]},
     python_requires=">=3.10",
     install_requires=[
         # torch is not pulled in by transformers; on CPU-only machines install torch==2.13.0 first
@@ -34,6 +34,7 @@ setup(
         "scipy",
         "pillow",
         "tqdm",
+        "filelock",
     ],
     extras_require={
         # dev includes the export extra so that the ONNX tests run in CI (.ci/run installs .[dev]).

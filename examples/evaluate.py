@@ -3,7 +3,7 @@
 
     accelerate launch examples/evaluate.py --model out/anomalyclip-visa --datasets data/mvtec_ad --output_dir eval/
 
-Without --model, the training-free ZeroShotCLIP runs on --backbone. Writes, per dataset,
+Without --model, the registry's trained default (crane-mvtec, as `zsad detect`) runs. Writes, per dataset,
 `<output_dir>/<dataset>/metrics.json` and `metrics.md` (image AUROC/AP/F1-max, pixel AUROC/AP/F1-max/AUPRO
 per category and their macro average), and optional heat-map samples. Single-process equivalent:
 `zsad evaluate`.
@@ -15,8 +15,7 @@ from argparse import RawDescriptionHelpFormatter
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration
 
-from zsad.cli import load_detector
-from zsad.cli_utils import (
+from zsad.commands.common import (
     ArgumentParser,
     add_debug_flag,
     image_size,
@@ -25,14 +24,17 @@ from zsad.cli_utils import (
     prepare_output_dir,
     run_command,
 )
+from zsad.commands.loading import load_detector
+from zsad.hub.released.registry import default_model_name
 from zsad.evaluation import evaluate_datasets
 
 
 def parse_args(argv=None):
     parser = ArgumentParser(description=__doc__, formatter_class=RawDescriptionHelpFormatter, fromfile_prefix_chars="@",
                             hyphen_aliases=True)
-    parser.add_argument("--model", help="zsad checkpoint (Hub id or folder); default: training-free ZeroShotCLIP")
-    parser.add_argument("--backbone", help="CLIP backbone for ZeroShotCLIP, or a mirror of the checkpoint's backbone")
+    parser.add_argument("--model", help="a registry name (zsad models; default: crane-mvtec; zero-shot-clip is the "
+                        "training-free ZeroShotCLIP), a zsad checkpoint folder or a Hub id")
+    parser.add_argument("--backbone", help="the CLIP backbone the model runs on (e.g. a local copy)")
     parser.add_argument("--datasets", nargs="+", required=True, help="evaluation datasets (converted folders, parquet, Hub ids)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--categories", nargs="+", help="only these categories")
@@ -65,7 +67,7 @@ def evaluate(args):
         model, args.datasets, output_dir=args.output_dir, split=args.split,
         categories=args.categories, image_size=args.image_size, batch_size=args.batch_size,
         aupro_mode=args.aupro, report_cflow=args.report_cflow, heatmaps_per_category=args.heatmaps_per_category,
-        accelerator=accelerator, model_name=args.model or "ZeroShotCLIP", log=accelerator.print,
+        accelerator=accelerator, model_name=args.model or default_model_name(), log=accelerator.print,
     )
 
 

@@ -32,7 +32,7 @@ def mixed_folder(tmp_path):
 
 def test_detect_folder_with_training_free_model(tiny_backbone, mixed_folder, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["detect", str(mixed_folder), "--backbone", tiny_backbone, "--out", str(out), "--image-size", "28", "--batch-size", "2", "--quiet"])
+    code = main(["detect", str(mixed_folder), "--model", "zero-shot-clip", "--backbone", tiny_backbone, "--out", str(out), "--image-size", "28", "--batch-size", "2", "--quiet"])
     captured = capsys.readouterr()
     assert code == 0
     assert "corrupt.png" in captured.err and captured.err.count("warning:") == 1
@@ -49,7 +49,7 @@ def test_detect_folder_with_training_free_model(tiny_backbone, mixed_folder, tmp
         (width, height), (panel_width, panel_height) = Image.open(row["image"]).size, Image.open(out / row["overlay"]).size
         assert panel_width > 2 * width and panel_height > height
     summary = json.loads((out / "scores.json").read_text())
-    assert "ZeroShotCLIP" in summary["model"] and len(summary["results"]) == 6 and summary["complete"]
+    assert summary["model"] == "zero-shot-clip" and len(summary["results"]) == 6 and summary["complete"]
 
 
 def test_detect_with_a_trained_checkpoint_and_globs(tiny_backbone, mixed_folder, tmp_path):

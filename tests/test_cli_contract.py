@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-import zsad.cli
+import zsad.commands.detect
 from zsad import AnomalyCLIPModel
 from zsad.cli import main
 from zsad.data import make_synthetic_dataset
@@ -92,21 +92,21 @@ def _read_only_dir(root: Path) -> str:
 ZSAD_ROWS = [
     ("corrupt safetensors", ["detect", "{images}", "--model", "{root}/corrupt"], "corrupt/model.safetensors"),
     ("pickle as safetensors", ["detect", "{images}", "--model", "{root}/pickled"], "pickled/model.safetensors"),
-    ("negative image size", ["detect", "{images}", "--backbone", "{backbone}", "--image-size", "-16"], "-16"),
-    ("zero image size", ["detect", "{images}", "--backbone", "{backbone}", "--image-size", "0"], "got 0"),
-    ("huge image size", ["detect", "{images}", "--backbone", "{backbone}", "--image-size", "100000"], "at most 2048"),
-    ("cuda on cpu-only torch", ["detect", "{images}", "--backbone", "{backbone}", "--device", "cuda"], "--device cuda"),
-    ("out is a file", ["detect", "{images}", "--backbone", "{backbone}", "--out", "{root}/a-file"], "a-file"),
-    ("out below a file", ["detect", "{images}", "--backbone", "{backbone}", "--out", "{root}/a-file/x"], "a-file/x"),
-    ("read-only out", ["detect", "{images}", "--backbone", "{backbone}", "--out", "{read_only}"], "cannot write"),
-    ("non-empty out", ["detect", "{images}", "--backbone", "{backbone}", "--out", "{root}/full"], "--overwrite"),
+    ("negative image size", ["detect", "{images}", "--model", "zero-shot-clip", "--backbone", "{backbone}", "--image-size", "-16"], "-16"),
+    ("zero image size", ["detect", "{images}", "--model", "zero-shot-clip", "--backbone", "{backbone}", "--image-size", "0"], "got 0"),
+    ("huge image size", ["detect", "{images}", "--model", "zero-shot-clip", "--backbone", "{backbone}", "--image-size", "100000"], "at most 2048"),
+    ("cuda on cpu-only torch", ["detect", "{images}", "--model", "zero-shot-clip", "--backbone", "{backbone}", "--device", "cuda"], "--device cuda"),
+    ("out is a file", ["detect", "{images}", "--model", "zero-shot-clip", "--backbone", "{backbone}", "--out", "{root}/a-file"], "a-file"),
+    ("out below a file", ["detect", "{images}", "--model", "zero-shot-clip", "--backbone", "{backbone}", "--out", "{root}/a-file/x"], "a-file/x"),
+    ("read-only out", ["detect", "{images}", "--model", "zero-shot-clip", "--backbone", "{backbone}", "--out", "{read_only}"], "cannot write"),
+    ("non-empty out", ["detect", "{images}", "--model", "zero-shot-clip", "--backbone", "{backbone}", "--out", "{root}/full"], "--overwrite"),
     ("evaluate batch size 0", ["evaluate", "{root}/grid", "--batch-size", "0"], "--batch-size"),
     ("evaluate negative heatmaps", ["evaluate", "{root}/grid", "--heatmaps-per-category", "-1"], "-1"),
-    ("mistyped backbone path", ["detect", "{images}", "--backbone", "random-tinyclp"], "no such file or folder: random-tinyclp"),
+    ("mistyped backbone path", ["detect", "{images}", "--model", "zero-shot-clip", "--backbone", "random-tinyclp"], "no such file or folder: random-tinyclp"),
     ("mistyped model path", ["detect", "{images}", "--model", "./my-ckpt"], "no such file or folder: ./my-ckpt"),
     ("backbone not on this machine", ["detect", "{images}", "--model", "{root}/moved"], "--backbone DIR"),
-    ("NaN float image", ["detect", "{root}/nan.tiff", "--backbone", "{backbone}", "--image-size", "28"], "nan.tiff has NaN"),
-    ("raw MVTec folder", ["evaluate", "{root}/raw_mvtec", "--backbone", "{backbone}"], "zsad convert mvtec"),
+    ("NaN float image", ["detect", "{root}/nan.tiff", "--model", "zero-shot-clip", "--backbone", "{backbone}", "--image-size", "28"], "nan.tiff has NaN"),
+    ("raw MVTec folder", ["evaluate", "{root}/raw_mvtec", "--model", "zero-shot-clip", "--backbone", "{backbone}"], "zsad convert mvtec"),
 ]
 
 
@@ -206,7 +206,7 @@ def test_train_user_errors_are_one_line_exit_2(world, entry, argv, expected, tmp
 
 # ------------------------------------------------------------------------------------------ outputs
 def _detect(images, backbone, out, *extra):
-    return main(["detect", str(images), "--backbone", backbone, "--out", str(out), "--image-size", "28", "--quiet", *extra])
+    return main(["detect", str(images), "--model", "zero-shot-clip", "--backbone", backbone, "--out", str(out), "--image-size", "28", "--quiet", *extra])
 
 
 def test_overlays_are_unique_for_same_stem_inputs(tiny_backbone, tmp_path):
@@ -278,7 +278,7 @@ def test_resume_equals_an_uninterrupted_run_and_recomputes_nothing(tiny_backbone
 def test_resume_refuses_other_settings(tiny_backbone, tmp_path, capsys):
     images = ROOT / "examples" / "images"
     assert _detect(images, tiny_backbone, tmp_path / "out") == 0
-    assert main(["detect", str(images), "--backbone", tiny_backbone, "--out", str(tmp_path / "out"),
+    assert main(["detect", str(images), "--model", "zero-shot-clip", "--backbone", tiny_backbone, "--out", str(tmp_path / "out"),
                  "--image-size", "56", "--resume", "--quiet"]) == 2
     assert "image_size = 28, not 56" in capsys.readouterr().err
 
@@ -311,7 +311,7 @@ def test_large_images_are_decoded_small_and_overlays_bounded(tiny_backbone, tmp_
     folder.mkdir()
     Image.fromarray(np.random.default_rng(4).integers(0, 255, (200, 320, 3), dtype=np.uint8)).save(folder / "big.jpg")
     assert load_image(folder / "big.jpg", max_side=64).size == (160, 100)  # JPEG draft: decoded at 1/2 scale
-    monkeypatch.setattr(zsad.cli, "MAX_OVERLAY_SIDE", 64)
+    monkeypatch.setattr(zsad.commands.detect, "MAX_OVERLAY_SIDE", 64)
     assert _detect(folder, tiny_backbone, tmp_path / "out") == 0
     assert Image.open(tmp_path / "out" / "overlays" / "big.png").size == panel_size(64, 40, "big.jpg")
 
@@ -329,7 +329,7 @@ def test_evaluate_heatmaps_include_anomalous_images(tiny_backbone, tmp_path):
     data = tmp_path / "grid"
     make_synthetic_dataset(4, 2, size=28, textures=["grid"], seed=0).save_to_disk(str(data))
     out = tmp_path / "eval"
-    assert main(["evaluate", str(data), "--backbone", tiny_backbone, "--out", str(out), "--image-size", "28",
+    assert main(["evaluate", str(data), "--model", "zero-shot-clip", "--backbone", tiny_backbone, "--out", str(out), "--image-size", "28",
                  "--heatmaps-per-category", "1"]) == 0
     saved = [p.name for p in (out / "grid" / "heatmaps").rglob("*.png")]
     assert len(saved) == 1 and saved[0].startswith("anomaly_")

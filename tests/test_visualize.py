@@ -106,7 +106,7 @@ def test_evaluate_heat_maps_outline_the_ground_truth(tiny_backbone, tmp_path):
     src = write_synthetic_mvtec(tmp_path / "src", num_train=1, num_normal=1, num_anomalous=2, size=28, seed=4)
     convert_mvtec(src, tmp_path / "data", dataset_name="syn")
     out = tmp_path / "eval"
-    assert main(["evaluate", str(tmp_path / "data"), "--backbone", tiny_backbone, "--image-size", "28",
+    assert main(["evaluate", str(tmp_path / "data"), "--model", "zero-shot-clip", "--backbone", tiny_backbone, "--image-size", "28",
                  "--heatmaps-per-category", "3", "--out", str(out)]) == 0
     panels = sorted((out / "data" / "heatmaps" / "texture_noise").iterdir())
     assert len(panels) == 3

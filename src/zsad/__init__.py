@@ -23,7 +23,7 @@ _EXPORTS = {
     "AdaCLIPModel": ".models.adaclip",
     "AnomalyCLIPConfig": ".models.anomalyclip",
     "AnomalyCLIPModel": ".models.anomalyclip",
-    "AnomalyDetectionOutput": ".modeling_base",
+    "AnomalyDetectionOutput": ".modeling_outputs",
     "CraneConfig": ".models.crane",
     "CraneModel": ".models.crane",
     "DACLIPConfig": ".models.daclip",
@@ -33,12 +33,13 @@ _EXPORTS = {
     "HeadCLIPModel": ".models.headclip",
     "WinCLIPConfig": ".models.winclip",
     "WinCLIPModel": ".models.winclip",
-    "ZSADConfig": ".modeling_base",
+    "ZSADConfig": ".configuration_zsad",
     "ZSADImageProcessor": ".clip.processing",
     "ZSADPreTrainedModel": ".modeling_base",
     "ZeroShotCLIPConfig": ".models.zsad_clip",
     "ZeroShotCLIPModel": ".models.zsad_clip",
     "ZeroShotAnomalyDetectionPipeline": ".pipeline",
+    "from_zoo": ".hub.released.zoo",
 }
 _MODEL_CLASS_NAMES = {
     "adaclip": "AdaCLIPModel",

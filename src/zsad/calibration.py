@@ -1,4 +1,4 @@
-"""Decision thresholds from data: `calibrate_thresholds` (`zsad calibrate`, in `zsad.inference_cli`).
+"""Decision thresholds from data: `calibrate_thresholds` (`zsad calibrate`, `zsad.commands.calibrate`).
 
 Semantics (docs/inference.md, "Thresholds"): an image is anomalous when `pred_score >= image_threshold`,
 a pixel when `anomaly_map >= pixel_threshold`.
@@ -10,6 +10,9 @@ a pixel when `anomaly_map >= pixel_threshold`.
   images with ground truth; otherwise the (1 - fpr) quantile of the normal images' pixel scores. Pixel
   scores are counted in `num_bins` bins over [0, 1] (resolution 1e-4 by default), so memory does not grow
   with the data.
+
+torch, numpy and the metrics are imported when a calibration runs, so that `zsad calibrate --help`
+(which shows `DEFAULT_FPR`) imports neither torch nor transformers.
 """
 
 from __future__ import annotations
@@ -20,13 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from .inference_cli import DEFAULT_FPR
-from .metrics import BinnedPixelCounts, binary_clf_curve
-from .metrics.classification import f1_optimal_threshold, fpr_threshold
-from .training import model_inputs
+DEFAULT_FPR = 0.01  # target false-positive rate when the data has no anomalies (`zsad calibrate --fpr`)
 
 
 @dataclass
@@ -50,12 +47,23 @@ class Calibration:
         config.pixel_threshold = self.pixel_threshold
 
 
-@torch.inference_mode()
 def calibrate_thresholds(
     model, dataloader: Iterable[dict[str, Any]], *, fpr: float = DEFAULT_FPR, num_bins: int = 10001, show_progress: bool = False
 ) -> Calibration:
     """Choose `image_threshold` and `pixel_threshold` for `model` on collated batches (`zsad.data.collate_fn`)."""
+    import torch
+
+    with torch.inference_mode():
+        return _calibrate(model, dataloader, fpr, num_bins, show_progress)
+
+
+def _calibrate(model, dataloader: Iterable[dict[str, Any]], fpr: float, num_bins: int, show_progress: bool) -> Calibration:
+    import numpy as np
     from tqdm.auto import tqdm
+
+    from .metrics import BinnedPixelCounts, binary_clf_curve
+    from .metrics.classification import f1_optimal_threshold, fpr_threshold
+    from .training import model_inputs
 
     if not 0.0 <= fpr < 1.0:
         raise ValueError(f"fpr must be within [0, 1); got {fpr}")

@@ -1,4 +1,4 @@
-"""ONNX export: `export_onnx(model, folder)` (`zsad export --format onnx MODEL OUT`, in `zsad.inference_cli`).
+"""ONNX export: `export_onnx(model, folder)` (`zsad export --format onnx MODEL OUT`, in `zsad.commands.export`).
 
 The graph maps `pixel_values (batch, 3, S, S)` (the `ZSADImageProcessor` output) to `pred_scores (batch,)`
 and `anomaly_maps (batch, S, S)`: the vision pass, the similarities, the upsampling and the Gaussian blur

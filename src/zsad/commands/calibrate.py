@@ -1,7 +1,4 @@
-"""`zsad calibrate` and `zsad export`: the inference subcommands (docs/cli.md, docs/inference.md).
-
-Building their parsers imports neither torch nor transformers; the commands import them when they run.
-"""
+"""`zsad calibrate`: choose a checkpoint's image and pixel decision thresholds on data (docs/inference.md)."""
 
 from __future__ import annotations
 
@@ -10,13 +7,14 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-DEFAULT_FPR = 0.01  # also the default of zsad.calibration's functions
+from ..calibration import DEFAULT_FPR
+from .common import CommandError, resolve_device
+from .loading import check_sources, load_detector
 
 
-def run_calibrate(args: argparse.Namespace) -> int:
-    from .calibration import calibrate_dataset, write_thresholds
-    from .cli import CommandError, check_sources, load_detector, resolve_device
-    from .data import DataError
+def run(args: argparse.Namespace) -> int:
+    from ..calibration import calibrate_dataset, write_thresholds
+    from ..data import DataError
 
     if args.batch_size < 1:
         raise CommandError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -45,7 +43,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_calibrate_command(subparsers) -> argparse.ArgumentParser:
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "calibrate",
         help="choose image and pixel decision thresholds on data",
@@ -54,7 +52,8 @@ def register_calibrate_command(subparsers) -> argparse.ArgumentParser:
         "images' scores. Anomalous means score >= threshold.",
     )
     parser.add_argument("data", help="anomaly data: a converted folder, parquet, imagefolder or Hub id (as zsad evaluate)")
-    parser.add_argument("--model", help="zsad checkpoint; a local folder's config.json is updated in place unless --out")
+    parser.add_argument("--model", metavar="NAME_OR_PATH", help="a registry name (zsad models; default: the trained "
+                        "default), a zsad checkpoint or Hub id; a local folder's config.json is updated in place unless --out")
     parser.add_argument("--out", help="write the calibrated checkpoint here instead")
     parser.add_argument("--fpr", type=float, default=DEFAULT_FPR,
                         help=f"target false-positive rate on normal images when there are no anomalies (default {DEFAULT_FPR})")
@@ -66,43 +65,5 @@ def register_calibrate_command(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run_calibrate)
-    return parser
-
-
-def run_export(args: argparse.Namespace) -> int:
-    from .cli import CommandError, load_detector
-    from .export import ExportError, export_onnx
-
-    try:
-        import onnx  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError as error:
-        raise CommandError(f"ONNX export needs the export extra: pip install 'zsad[export]' ({error})") from error
-    from .cli_utils import local_path_or_hub_id
-
-    local_path_or_hub_id(args.model, "MODEL")  # a mistyped path is named as the positional argument
-    model = load_detector(args.model, args.backbone, None)
-    try:
-        path = export_onnx(model, args.out, opset_version=args.opset)
-    except ExportError as error:
-        raise CommandError(str(error)) from error
-    print(f"exported {type(model).__name__} to {path}")
-    return 0
-
-
-def register_export_command(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "export",
-        help="export a model to ONNX",
-        description="Export a zsad model to ONNX (pixel_values -> pred_scores, anomaly_maps; text features baked in, "
-        "dynamic batch axis, Gaussian blur in the graph). Class-aware or image-conditioned text (AdaCLIP, Crane with "
-        "prompt_conditioning='always') cannot be exported.",
-    )
-    parser.add_argument("model", help="zsad checkpoint: Hub id or local folder")
-    parser.add_argument("out", help="output folder (model.onnx, preprocessor_config.json, onnx_config.json)")
-    parser.add_argument("--format", default="onnx", choices=["onnx"])
-    parser.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
-    parser.add_argument("--backbone", help="a local mirror of the checkpoint's CLIP backbone")
-    parser.set_defaults(func=run_export)
+    parser.set_defaults(func=run)
     return parser

@@ -1,7 +1,7 @@
-"""`zsad convert {mvtec,visa,folder} SRC OUT`: the data-conversion command.
+"""`zsad convert {mvtec,visa,folder} SRC OUT`: an anomaly-detection dataset on disk in the zsad schema
+(parquet or imagefolder; docs/data.md).
 
-`zsad convert` runs it (`zsad.cli`); `python -m zsad.data.cli convert ...` works on its own. Errors follow
-`zsad`'s contract: one line on stderr naming the path, exit status 2, the traceback only with `--debug`.
+This command parses its own options (`main`), so that `zsad --help` does not import the data stack.
 """
 
 from __future__ import annotations
@@ -9,20 +9,25 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Optional
 
-from ..cli_utils import ArgumentParser, CommandError, add_debug_flag, run_command
-from .converters import LAYOUTS, convert
-from .writer import FORMATS
+from .common import ArgumentParser, CommandError, add_debug_flag, run_command
 
+HELP = "convert an anomaly-detection dataset on disk to the zsad schema (parquet or imagefolder)"
 _FOLDER_ONLY = ("category", "normal_dir", "anomaly_dir", "mask_dir", "split")
 
 
-def register_convert_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the `convert` sub-command to `subparsers` and return its parser (its `func` runs it)."""
-    parser = subparsers.add_parser(
-        "convert",
-        help="convert an anomaly-detection dataset on disk to the zsad schema (parquet or imagefolder)",
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """List `convert` in `zsad --help`; `main` parses its options."""
+    subparsers.add_parser("convert", add_help=False, help=HELP)
+
+
+def build_parser(prog: str = "zsad convert") -> ArgumentParser:
+    """The options of `zsad convert` (builds on the data stack: converter layouts and output formats)."""
+    from ..data.converters import LAYOUTS
+    from ..data.writer import FORMATS
+
+    parser = ArgumentParser(
+        prog=prog,
         description=(
             "Convert an MVTec AD-style folder (also MPDD, BTAD), a VisA folder, or your own folder of normal/"
             "anomalous images into the zsad anomaly-detection schema. The result loads with "
@@ -51,13 +56,14 @@ def register_convert_command(subparsers: argparse._SubParsersAction) -> argparse
     folder.add_argument("--mask-dir", help="folder of masks, relative to SRC (default: masks/mask/ground_truth)")
     folder.add_argument("--split", choices=("train", "test"), help="split to write (default: test)")
     add_debug_flag(parser)
-    parser.set_defaults(func=run_convert)
     return parser
 
 
-def run_convert(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run a parsed `convert` command under `run_command`, which turns a `CommandError`, `DataError` or
     `OSError` into one line (exit 2) and prints warnings as `warning: ...` lines; returns 0."""
+    from ..data.converters import convert
+
     kwargs = {"format": args.format, "overwrite": args.overwrite, "skip_invalid": args.skip_invalid,
               "progress": sys.stderr.isatty()}
     if args.dataset_name:
@@ -82,14 +88,7 @@ def run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Standalone entry point: `python -m zsad.data.cli convert mvtec SRC OUT`."""
-    parser = ArgumentParser(prog="zsad", description="zsad data tools")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    register_convert_command(subparsers)
-    args = parser.parse_args(argv)
-    return run_command("zsad convert", lambda: args.func(args), debug=args.debug)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv: Sequence[str] | None = None) -> int:
+    """`zsad convert ...` with `argv` the options after `convert`; returns the exit status."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    return run_command("zsad convert", lambda: run(args), debug=args.debug)

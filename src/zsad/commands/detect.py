@@ -1,0 +1,242 @@
+"""`zsad detect`: score images, write per-image scores, heat-map overlays and an HTML report (docs/cli.md)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import os
+import sys
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from ..visualize import MAP_SCALES
+from .common import CommandError, prepare_output_dir, resolve_device
+from ..hub.released.registry import default_model_name
+from .loading import add_model_options, check_sources, load_detector
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+# Overlays (and the decoded images behind them) are kept within this size; JPEGs decode at a reduced
+# scale directly (PIL draft mode), so a 50-megapixel photo never reaches memory at full size.
+MAX_OVERLAY_SIDE = 2048
+SCORE_FIELDS = ["image", "status", "score", "label", "overlay", "message"]
+
+
+def find_images(inputs: Sequence[str]) -> list[Path]:
+    """Expand files, folders (recursively) and glob patterns into a sorted, de-duplicated list of images."""
+    found: dict[Path, None] = {}
+    for item in inputs:
+        matches = [Path(m) for m in glob.glob(item, recursive=True)] if glob.has_magic(item) else [Path(item)]
+        if not matches:
+            raise CommandError(f"no file matches {item!r}")
+        for path in matches:
+            if path.is_dir():
+                files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            elif path.is_file():
+                files = [path]
+            else:
+                raise CommandError(f"no such file or folder: {path}")
+            found.update(dict.fromkeys(files))
+    if not found:
+        raise CommandError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {', '.join(inputs)}")
+    return list(found)
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def overlay_names(paths: list[Path]) -> list[str]:
+    """A distinct overlay file name per input: `<stem>.png`, or, where stems collide (`a/part.png`,
+    `b/part.png`, `part.jpg`), the path below the inputs' common folder with its extension
+    (`a__part_png.png`). Compared case-insensitively, so names are distinct on every file system."""
+    stems = Counter(p.stem.lower() for p in paths)
+    absolute = [p.resolve() for p in paths]
+    root = Path(os.path.commonpath([p.parent for p in absolute])) if paths else Path()
+    names, used = [], set()
+    for path, full in zip(paths, absolute):
+        if stems[path.stem.lower()] == 1:
+            base = path.stem
+        else:
+            relative = full.relative_to(root)
+            base = "__".join(relative.with_suffix("").parts) + "_" + path.suffix.lstrip(".").lower()
+        name, counter = f"{base}.png", 2
+        while name.lower() in used:
+            name, counter = f"{base}-{counter}.png", counter + 1
+        used.add(name.lower())
+        names.append(name)
+    return names
+
+
+def set_reference_folder(model, folder: str, image_size: int) -> None:
+    """`model.set_normal_references` with the images directly inside `folder` (few-shot, docs/few_shot.md)."""
+    from ..few_shot import reference_images
+
+    try:
+        model.set_normal_references(reference_images(folder, image_size).to(model.device, model.dtype))
+    except ValueError as error:
+        raise CommandError(f"--normal-references: {error}") from error
+
+
+def _detect_settings(args: argparse.Namespace, image_size_: int) -> dict:
+    settings = {"model": args.model or default_model_name(), "image_size": image_size_, "map_scale": args.map_scale}
+    if args.backbone:
+        settings["backbone"] = str(Path(args.backbone).resolve()) if Path(args.backbone).exists() else args.backbone
+    if args.object_name:
+        settings["object_name"] = args.object_name
+    if args.normal_references:
+        settings["normal_references"] = str(Path(args.normal_references).resolve())
+    return settings
+
+
+def _finished_rows(out_dir: Path, settings: dict) -> dict[str, dict]:
+    """Rows of an earlier run in `out_dir` that `--resume` keeps: same settings, overlay on disk."""
+    summary_path, scores_path = out_dir / "scores.json", out_dir / "scores.csv"
+    if not scores_path.is_file():
+        return {}
+    try:
+        earlier = json.loads(summary_path.read_text(encoding="utf-8")).get("settings", {})
+    except (OSError, ValueError):
+        earlier = {}
+    for key, value in settings.items():
+        if earlier.get(key) != value:
+            raise CommandError(f"--resume: {out_dir} holds results with {key} = {earlier.get(key)!r}, not {value!r}; "
+                               "resume with the same options, or pass --overwrite to start again")
+    with open(scores_path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return {
+        row["image"]: row
+        for row in rows
+        if row.get("status") == "unreadable" or (row.get("status") == "ok" and (out_dir / row.get("overlay", "")).is_file())
+    }
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=SCORE_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    paths = find_images(args.images)
+    out_dir = prepare_output_dir(args.out, flag="--out", overwrite=args.overwrite, resume=args.resume,
+                                 resume_flag="--resume")
+    check_sources(args.model, args.backbone)  # fail fast, before torch is imported
+    device = resolve_device(args.device)
+    model = load_detector(args.model, args.backbone, args.object_name)
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..clip.processing import ImageLoadError, ZSADImageProcessor, load_rgb
+    from ..modeling_outputs import LABELS
+    from ..report import DetectReport
+
+    model = model.to(device).eval()
+    if device.type == "cuda" and args.dtype == "auto":
+        model = model.to(torch.bfloat16)
+    elif args.dtype not in ("auto", "float32"):
+        model = model.to(getattr(torch, args.dtype))
+    size = args.image_size or model.config.image_size
+    patch = model.config.clip_config.vision_config.patch_size
+    if size % patch:
+        raise CommandError(f"--image-size must be a multiple of the backbone's patch size {patch}, got {size}")
+    processor = ZSADImageProcessor(image_size=size)
+    if args.normal_references:
+        set_reference_folder(model, args.normal_references, size)
+    settings = _detect_settings(args, size)
+    overlay_dir = out_dir / "overlays"
+    overlay_dir.mkdir(exist_ok=True)
+    names = dict(zip(paths, overlay_names(paths)))
+    report = DetectReport(out_dir, map_scale=args.map_scale, title=f"zsad detect: {settings['model']}",
+                          details=[f"image threshold: {model.config.image_threshold}"])
+
+    done = _finished_rows(out_dir, settings) if args.resume else {}
+    rows = {str(p): done[str(p)] for p in paths if str(p) in done}
+    for row in rows.values():
+        if row["status"] == "ok":
+            report.add_finished(row["image"], float(row["score"]), row.get("label") or None, row["overlay"])
+    (out_dir / "scores.json").write_text(json.dumps({"settings": settings, "complete": False}, indent=2), encoding="utf-8")
+    _write_rows(out_dir / "scores.csv", list(rows.values()))  # finished rows first; new ones are appended
+    todo = [p for p in paths if str(p) not in rows]
+    failures: list[str] = []
+    try:
+        with open(out_dir / "scores.csv", "a", newline="", encoding="utf-8") as handle, \
+                tqdm(total=len(paths), initial=len(rows), desc="zsad detect", unit="img",
+                     disable=True if args.quiet else None) as progress:
+            writer = csv.DictWriter(handle, fieldnames=SCORE_FIELDS)
+            for batch_paths in _batches(todo, args.batch_size):
+                images, kept = [], []
+                for path in batch_paths:
+                    try:
+                        images.append(load_rgb(path, max_side=MAX_OVERLAY_SIDE))
+                        kept.append(path)
+                    except ImageLoadError as error:
+                        failures.append(str(error))
+                        rows[str(path)] = {"image": str(path), "status": "unreadable", "score": "", "label": "",
+                                           "overlay": "", "message": str(error)}
+                        writer.writerow(rows[str(path)])
+                if images:
+                    pixels = torch.stack([processor.preprocess_image(image) for image in images])
+                    with torch.inference_mode():
+                        output = model(pixel_values=pixels.to(device, model.dtype))
+                    scores = output.pred_scores.float().cpu().tolist()
+                    labels = [None] * len(kept) if output.pred_labels is None else [LABELS[i] for i in output.pred_labels.tolist()]
+                    for path, image, score, label, anomaly_map in zip(kept, images, scores, labels, output.anomaly_maps.float().cpu()):
+                        overlay = (Path("overlays") / names[path]).as_posix()
+                        report.add(path, image, anomaly_map, score, label, overlay)
+                        rows[str(path)] = {"image": str(path), "status": "ok", "score": repr(score),
+                                           "label": label or "", "overlay": overlay, "message": ""}
+                        writer.writerow(rows[str(path)])
+                handle.flush()
+                progress.update(len(batch_paths))
+    except KeyboardInterrupt:
+        print(f"zsad detect: interrupted after {len(rows)} of {len(paths)} image(s); to continue, run the same "
+              "command with --resume", file=sys.stderr)
+        return 130
+
+    ordered = [rows[str(p)] for p in paths]
+    _write_rows(out_dir / "scores.csv", ordered)
+    report_path = report.finish() if report.items else None
+    results = [{**row, "score": float(row["score"]) if row["status"] == "ok" else None} for row in ordered]
+    summary = {"settings": settings, "complete": True, **settings, "image_threshold": model.config.image_threshold,
+               "results": results}
+    (out_dir / "scores.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    scored = sum(row["status"] == "ok" for row in ordered)
+    if not scored:
+        reason = f": {failures[0]}" if len(paths) == 1 and failures else " (see scores.csv)"
+        raise CommandError(f"none of the {len(paths)} image(s) could be read{reason}")
+    for message in failures:
+        print(f"warning: skipped unreadable image: {message}", file=sys.stderr)
+    skipped = len(paths) - scored
+    resumed = f" ({len(done)} from the earlier run)" if done else ""
+    print(f"scored {scored} image(s){resumed}{f', skipped {skipped} unreadable' if skipped else ''}; results in {out_dir}, "
+          f"report: {report_path}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "detect",
+        help="score images and write anomaly heat maps",
+        description="Score images for anomalies. Without --model, runs the registry's trained default "
+        f"({default_model_name()}, downloaded and verified on first use; zsad models lists the others).",
+    )
+    parser.add_argument("images", nargs="+", help="image files, folders (searched recursively) or glob patterns")
+    parser.add_argument("--out", default="zsad_output", help="output folder, empty or new (default: zsad_output)")
+    add_model_options(parser)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run in --out: images already scored there are skipped")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="auto = bfloat16 on CUDA, float32 elsewhere")
+    parser.add_argument("--map-scale", choices=MAP_SCALES, default="absolute",
+                        help="heat-map colours: absolute probabilities (default), each map's own min..max (image), "
+                        "or one min..max shared by the run (run)")
+    parser.add_argument("--normal-references", metavar="DIR",
+                        help="folder of normal images of the inspected class: adds the few-shot memory map (WinCLIP+ style)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
