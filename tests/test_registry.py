@@ -181,6 +181,12 @@ def test_registry_model_equals_import_checkpoint_on_the_same_file(online, vitl_t
         a, b = manual(pixel_values=pixels), from_registry(pixel_values=pixels)
     assert torch.equal(a.anomaly_maps, b.anomaly_maps) and torch.equal(a.pred_scores, b.pred_scores)
 
+    from transformers import pipeline  # the model from_zoo returns drives the transformers pipeline as is
+
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 30, 3), dtype=np.uint8))
+    result = pipeline("zero-shot-anomaly-detection", model=from_registry)(image)
+    assert 0.0 <= result["score"] <= 1.0 and result["anomaly_map"].size == (30, 40)  # the image's own width x height
+
 
 def test_a_flipped_byte_is_refused_and_nothing_is_cached(online, vitl_text_backbone, tmp_path, monkeypatch, capsys):
     from zsad.hub.released.registry import registry
