@@ -278,3 +278,25 @@ def test_label_names_are_mapped_onto_normal_anomaly(tmp_path, names, stored, exp
         loaded = load_anomaly_dataset(tmp_path / "x.parquet", split="test", streaming=streaming, **kwargs(tmp_path))
     assert loaded.features["label"] == FEATURES["label"]
     assert [row["label"] for row in loaded] == expected
+
+
+def test_two_converted_folders_of_the_same_name_never_share_a_cache(tmp_path):
+    """`datasets` keys the cache of a folder with README configs on its name: a second `same/` elsewhere
+    (or a re-conversion in place) must still give its own rows."""
+    from zsad.data import convert_folder, load_anomaly_dataset
+
+    def images(root, count):
+        import numpy as np
+        from PIL import Image
+
+        (root / "normal").mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(np.full((8, 8, 3), i * 20, dtype=np.uint8)).save(root / "normal" / f"{i}.png")
+        return root
+
+    convert_folder(images(tmp_path / "a_src", 2), tmp_path / "a" / "same")
+    convert_folder(images(tmp_path / "b_src", 5), tmp_path / "b" / "same")
+    assert len(load_anomaly_dataset(tmp_path / "a" / "same", split="test")) == 2
+    assert len(load_anomaly_dataset(tmp_path / "b" / "same", split="test")) == 5
+    convert_folder(images(tmp_path / "c_src", 3), tmp_path / "a" / "same", overwrite=True)
+    assert len(load_anomaly_dataset(tmp_path / "a" / "same", split="test")) == 3

@@ -7,6 +7,7 @@ folder of parquet files, a single parquet file, a user `imagefolder` (with or wi
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -59,6 +60,20 @@ def _not_found(source: str, path: Path, error: Exception) -> DataError:
     return DataError(f"dataset not found: {hub} {reason}, and {local} either", source)
 
 
+def local_cache_dir(folder: Path) -> str:
+    """A `datasets` cache folder for exactly these files (their absolute paths, sizes and modification times).
+
+    `datasets` caches a local folder whose README declares its configs (as `zsad convert` writes it)
+    under the folder's *name* only: a second `mvtec_parquet/` elsewhere, or a re-conversion in place,
+    would be served the first one's cached rows. Keying the cache on the files avoids both.
+    """
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        stat = file.stat()
+        digest.update(f"{file.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return os.path.join(datasets.config.HF_DATASETS_CACHE, "zsad-local", digest.hexdigest()[:20])
+
+
 def _load(source: str, split: Optional[str], streaming: bool, kwargs: dict[str, Any]) -> AnyDataset:
     path = Path(source).expanduser()
     try:
@@ -81,6 +96,7 @@ def _load(source: str, split: Optional[str], streaming: bool, kwargs: dict[str, 
                     return loaded.to_iterable_dataset()
                 return loaded
             _refuse_raw_layout(path)
+            kwargs = {"cache_dir": local_cache_dir(path), **kwargs}
             return datasets.load_dataset(str(path), streaming=streaming, **kwargs)
         if _looks_like_path(source):
             raise DataError(f"dataset not found: {os.path.abspath(path)} does not exist", path)
