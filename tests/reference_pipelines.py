@@ -732,7 +732,8 @@ def daclip(model, pixels, *, categories=None, masks=None, labels=None, training=
     bank sum_e r_e P_e gives each image's deep text tokens and visual prompts. Pathway 2 (§6.2.3): after
     each DAKA layer's dense update, the patch tokens x get beta * sum_e g_e (alpha / r) B_e A_e x with
     g = top-k renormalised softmax(Linear([x ; s])), s = mean of the combined visual prompts (r when there
-    are none); with image routing g = r for every token. Read-out (§6.2.4): the final dense stream through
+    are none), x and s each divided by their root-mean-square with `gate_condition_norm`; with image
+    routing g = r for every token. Read-out (§6.2.4): the final dense stream through
     LN_post and W_proj; with `project_daka_layers`, also the DAKA-adapted patch tokens of each DAKA layer
     that is not a feature layer through its own learned Linear(W -> P), each one more map. Maps, score and
     loss as AnomalyCLIP (§2.4, §2.5) over all maps, plus weighted load balance (image router + mean over
@@ -759,7 +760,11 @@ def daclip(model, pixels, *, categories=None, masks=None, labels=None, training=
                 if cfg.daka_routing == "image":
                     gates = router[:, None].expand(-1, tokens.shape[1], -1)
                 else:
-                    inputs = torch.cat([tokens, condition[:, None].expand(-1, tokens.shape[1], -1)], dim=-1)
+                    token_part, condition_part = tokens, condition
+                    if cfg.gate_condition_norm:  # each half scaled to unit root-mean-square
+                        token_part = tokens / (tokens.square().mean(-1, keepdim=True) + 1e-6).sqrt()
+                        condition_part = condition / (condition.square().mean(-1, keepdim=True) + 1e-6).sqrt()
+                    inputs = torch.cat([token_part, condition_part[:, None].expand(-1, tokens.shape[1], -1)], dim=-1)
                     gate_softmax.append(softmax(linear(inputs, state[prefix + "gate.weight"], state[prefix + "gate.bias"])))
                     gates = keep_top_k(gate_softmax[-1], cfg.token_top_k)
                 return lora_mixture(tokens, gates, state[prefix + "lora_A"], state[prefix + "lora_B"],

@@ -169,7 +169,8 @@ def _single_expert_pair(tiny_backbone, **daclip_kwargs):
     torch.manual_seed(3)
     anomalyclip = AnomalyCLIPModel.from_backbone(tiny_backbone, image_size=SIZE).eval()
     daclip = DACLIPModel.from_backbone(
-        tiny_backbone, image_size=SIZE, num_experts=1, top_k_experts=1, token_top_k=1, visual_prompt_layers=[], **daclip_kwargs
+        tiny_backbone, image_size=SIZE, num_experts=1, top_k_experts=1, token_top_k=1, visual_prompt_layers=[],
+        image_score="global", **daclip_kwargs  # AnomalyCLIP's score (DA-CLIP's default is the joint score)
     ).eval()
     with torch.no_grad():
         daclip.prompt_learner.context.copy_(anomalyclip.prompt_learner.context)
@@ -218,9 +219,13 @@ def naive_router(model, pixels):
 
 
 def naive_daka(model, router_probs, num_patches):
-    """DAKA as written in §6.2.3 with explicit loops over tokens and experts (no zsad adapter code)."""
+    """DAKA as written in §6.2.3 with explicit loops over tokens and experts (no zsad adapter code); the gate
+    sees [x / rms(x) ; s / rms(s)] with `gate_condition_norm` (issue 24)."""
     bank = model.domain_prompts.visual_tokens
     condition = sum(router_probs[:, e, None, None, None] * bank[e] for e in range(bank.shape[0])).mean(dim=(1, 2))
+
+    def unit_rms(v):
+        return v / torch.sqrt((v * v).sum() / v.numel() + 1e-6) if model.config.gate_condition_norm else v
 
     def make(layer):
         def apply(dense):
@@ -228,7 +233,7 @@ def naive_daka(model, router_probs, num_patches):
             for b in range(dense.shape[0]):
                 for n in range(1, 1 + num_patches):
                     x = dense[b, n]
-                    logits = layer.gate.weight @ torch.cat([x, condition[b]]) + layer.gate.bias
+                    logits = layer.gate.weight @ torch.cat([unit_rms(x), unit_rms(condition[b])]) + layer.gate.bias
                     probabilities = torch.softmax(logits, dim=0)
                     chosen = probabilities.topk(model.config.token_top_k).indices.tolist()
                     total = sum(probabilities[e] for e in chosen)

@@ -94,7 +94,7 @@ CRANE_TRAINING = {  # §5.4: Adam, lr 1e-3, betas (0.6, 0.999), batch 8, 5 epoch
     "batch_size": 8, "num_epochs": 5, "seed": 111,
 }
 
-DACLIP = ANOMALYCLIP + [  # §6.2: AnomalyCLIP's pipeline and prompts (deep text tokens: 4 x layers 2..9), plus
+DACLIP = [row for row in ANOMALYCLIP if row[0] != "image_score"] + [  # §6.2: AnomalyCLIP's pipeline and prompts (deep text tokens: 4 x layers 2..9), plus
     ("num_experts", 4, "§6.2.1 E = 4 experts/domains"),
     ("visual_prompt_length", 4, "§6.2.1 P^v_e in R^{4 x 1024}"),
     ("visual_prompt_layers", [1, 2, 3, 4], "§6.2.1 vision layers 1..4"),
@@ -110,6 +110,13 @@ DACLIP = ANOMALYCLIP + [  # §6.2: AnomalyCLIP's pipeline and prompts (deep text
     ("per_domain_prompts", True, "§6.2.1 each domain owns its prompts"),
     ("load_balance_weight", 0.01, "§6.2.5 0.01 * load balance"),
     ("diversity_weight", 0.01, "§6.2.5 0.01 * diversity"),
+    # Issue 24 (docs/models/daclip.md): §6.2.4's optional JAS is the default, so the experts reach the image score;
+    # the token gate sees RMS-normalised [x ; s]; the routing loss acts once training names two or more domains.
+    ("image_score", "joint", "§6.2.4 + JAS (issue 24: the default)"),
+    ("joint_score_alpha", 0.5, "HeadCLIP's JAS alpha"),
+    ("gate_condition_norm", True, "issue 24: the condition enters the gate on the token's footing"),
+    ("domain_names", None, "issue 24: set by zsad train from the data"),
+    ("routing_loss_weight", 1.0, "issue 24: routing loss with two or more domains"),
 ]
 DACLIP_TRAINING = {  # §6.2.6: Adam lr 1e-3 for prompts/keys, 1e-4 for LoRA and routers, betas (0.5, 0.999), batch 8, 15 epochs
     "optimizer": "adam", "learning_rate": 1e-3, "learning_rate_scales": {"experts": 0.1}, "betas": (0.5, 0.999),

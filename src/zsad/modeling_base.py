@@ -76,6 +76,9 @@ class ZSADPreTrainedModel(NormalReferencesMixin, CheckpointMixin, PreTrainedMode
     _keys_to_ignore_on_load_missing = [r"^clip\."]
     # Class-aware methods prompt with each image's category and implement `set_class_names(names)`.
     class_aware: ClassVar[bool] = False
+    # Domain-aware methods (DA-CLIP) take each training image's domain (`forward(domains=...)`) and a
+    # `domain_names` config field, which `zsad train` fills from the data.
+    domain_aware: ClassVar[bool] = False
     # Methods whose adapters sit inside the vision tower need gradients through it (else it runs under
     # no_grad); `gradient_checkpointing_enable()` then trades compute for activation memory.
     trains_through_vision: ClassVar[bool] = False
@@ -246,8 +249,8 @@ class ZSADPreTrainedModel(NormalReferencesMixin, CheckpointMixin, PreTrainedMode
         """Step 6: training loss; training-free models return None."""
         return None
 
-    def auxiliary_losses(self, features: VisionFeatures) -> dict[str, torch.Tensor]:
-        """Step 6: weighted extra loss terms (e.g. DA-CLIP's load balance), added to the training loss."""
+    def auxiliary_losses(self, features: VisionFeatures, domains: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Step 6: weighted extra loss terms (e.g. DA-CLIP's load balance and routing), added to the training loss."""
         return {}
 
     def output_extras(self, features: VisionFeatures) -> dict[str, Any]:
@@ -292,6 +295,7 @@ class ZSADPreTrainedModel(NormalReferencesMixin, CheckpointMixin, PreTrainedMode
         labels: torch.Tensor | None = None,
         return_dict: bool | None = None,
         categories: str | Sequence[str] | None = None,
+        domains: Sequence[str] | None = None,
     ) -> AnomalyDetectionOutput | tuple:
         """Score images: `pred_scores (B,)` and `anomaly_maps (B, H, W)`; a loss when targets are given;
         `pred_labels` / `pred_masks` when the config has thresholds.
@@ -299,7 +303,8 @@ class ZSADPreTrainedModel(NormalReferencesMixin, CheckpointMixin, PreTrainedMode
         `categories` (each image's class name, or one for all) is accepted by every model and used by
         class-aware ones (`class_aware = True`, e.g. AdaCLIP); object-agnostic methods ignore it.
         `masks` (`(B, H, W)` or `(B, 1, H, W)`) are binarised at 0.5 before any loss; `labels` default to
-        whether a mask has an anomalous pixel.
+        whether a mask has an anomalous pixel. `domains` (each training image's domain name) feed the
+        loss of domain-aware models (`domain_aware = True`, DA-CLIP's routing loss); others ignore it.
         """
         scored = self.score_images(pixel_values, categories)
         size = tuple(pixel_values.shape[-2:])
@@ -312,7 +317,7 @@ class ZSADPreTrainedModel(NormalReferencesMixin, CheckpointMixin, PreTrainedMode
                     scored.patch_logits, scored.features.grid_size, size, scored.map_probabilities
                 )
             loss = self.compute_loss(scored.image_logits, loss_probabilities, labels, masks)
-            auxiliary = self.auxiliary_losses(scored.features)
+            auxiliary = self.auxiliary_losses(scored.features, domains)
             if loss is not None and auxiliary:
                 loss = loss + sum(auxiliary.values())
 

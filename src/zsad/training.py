@@ -153,12 +153,14 @@ def register_adapter_checkpointing(accelerator) -> None:
 def model_inputs(batch: Mapping[str, Any], *, with_targets: bool) -> dict[str, Any]:
     """Forward kwargs from a collated batch (`zsad.data.collate_fn`): pixels and each image's category.
 
-    With targets: `labels`, and `masks` unless an anomalous image of the batch has no pixel ground
+    With targets: `labels`, each image's domain (`domains`, read by domain-aware models), and `masks` unless an anomalous image of the batch has no pixel ground
     truth (image-level-only data), in which case the batch trains with the image loss only.
     """
     inputs = {"pixel_values": batch["pixel_values"], "categories": batch["categories"]}
     if with_targets:
         inputs["labels"] = batch["labels"]
+        if "domains" in batch:
+            inputs["domains"] = batch["domains"]
         has_mask = batch.get("has_mask")
         if has_mask is None or bool(has_mask.all()):
             inputs["masks"] = batch["masks"]

@@ -1,6 +1,6 @@
 """DA-CLIP's domain-aware adapters ([OUR DESIGN], docs/models/daclip.md): the domain prompt bank, the
-image-level router and DAKA, the routed mixture of LoRA experts on the dense stream; plus the two
-auxiliary losses (load balance, expert diversity) of §6.2.5."""
+image-level router and DAKA, the routed mixture of LoRA experts on the dense stream; plus the
+auxiliary losses: load balance and expert diversity (§6.2.5), and the routing loss on domain labels."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..modeling_base import ZSADAdapter
+
+RMS_EPS = 1e-6  # of the gate inputs' RMS normalisation
 
 
 def top_k_renormalise(probabilities: torch.Tensor, k: int) -> torch.Tensor:
@@ -26,6 +28,12 @@ def squared_coefficient_of_variation(probabilities: torch.Tensor) -> torch.Tenso
     `(..., E)` summed over everything but the expert axis. Population variance, so one expert gives 0."""
     importance = probabilities.reshape(-1, probabilities.shape[-1]).sum(dim=0)
     return importance.var(unbiased=False) / importance.mean().square()
+
+
+def routing_cross_entropy(probabilities: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+    """Routing loss (issue 24): `-log p_{b, expert_b}` averaged over the batch, for `(B, E)` router softmax
+    probabilities and `(B,)` the expert of each image's domain (clamped at 1e-12 before the log)."""
+    return -probabilities.float().gather(1, experts[:, None]).clamp_min(1e-12).log().mean()
 
 
 def equiangular_diversity(expert_vectors: torch.Tensor) -> torch.Tensor:
@@ -123,13 +131,16 @@ class MixtureOfLoRA(nn.Module):
 
     `x <- x + beta * sum_e g_e(x) (alpha / r) B_e A_e x` for every token x, where `g(x)` is the top-k
     renormalised softmax of `Linear([x ; c])` and `c` is the image's condition (DA-CLIP: the summary of
-    its combined visual prompts). A: LoRA's Kaiming-uniform init; B: zeros, so an untrained layer is
+    its combined visual prompts). With `normalize_gate_inputs`, x and c are each RMS-normalised first
+    (`v / sqrt(mean(v^2) + eps)`, no learned scale): the prompt summary is ~100x smaller than a token,
+    so raw it barely moves the gate. A: LoRA's Kaiming-uniform init; B: zeros, so an untrained layer is
     exactly the identity. Parameters: `E * 2 * r * W + (W + C + 1) * E` (ViT-L/14: 65,536 + 8,196).
     With `condition_dim=None` there is no gate: the caller gives the weights (image-level routing).
     """
 
     def __init__(
-        self, num_experts: int, width: int, condition_dim: int | None, rank: int, alpha: float, mix: float, top_k: int
+        self, num_experts: int, width: int, condition_dim: int | None, rank: int, alpha: float, mix: float, top_k: int,
+        normalize_gate_inputs: bool = False,
     ):
         super().__init__()
         self.lora_A = nn.Parameter(torch.empty(num_experts, rank, width))
@@ -138,6 +149,7 @@ class MixtureOfLoRA(nn.Module):
         self.scaling = alpha / rank
         self.mix = mix
         self.top_k = top_k
+        self.normalize_gate_inputs = normalize_gate_inputs
 
     def reset_parameters(self) -> None:
         for expert in self.lora_A:  # per expert, as peft's LoRA initialises each A
@@ -148,7 +160,11 @@ class MixtureOfLoRA(nn.Module):
 
     def gates(self, tokens: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`(B, N, W)` tokens, `(B, C)` condition -> `(softmax (B, N, E), top-k renormalised (B, N, E))`."""
-        condition = condition.to(tokens.dtype).unsqueeze(1).expand(-1, tokens.shape[1], -1)
+        condition = condition.to(tokens.dtype)
+        if self.normalize_gate_inputs:
+            tokens = F.rms_norm(tokens, tokens.shape[-1:], eps=RMS_EPS)
+            condition = F.rms_norm(condition, condition.shape[-1:], eps=RMS_EPS)
+        condition = condition.unsqueeze(1).expand(-1, tokens.shape[1], -1)
         probabilities = self.gate(torch.cat([tokens, condition], dim=-1)).softmax(dim=-1)
         return probabilities, top_k_renormalise(probabilities, self.top_k)
 
@@ -177,11 +193,13 @@ class DomainAwareKnowledgeAdaptation(ZSADAdapter):
         alpha: float,
         mix: float,
         top_k: int,
+        normalize_gate_inputs: bool = False,
     ):
         super().__init__()
         self.layer_indices = list(layers)
         self.experts = nn.ModuleList(
-            MixtureOfLoRA(num_experts, width, condition_dim, rank, alpha, mix, top_k) for _ in self.layer_indices
+            MixtureOfLoRA(num_experts, width, condition_dim, rank, alpha, mix, top_k, normalize_gate_inputs)
+            for _ in self.layer_indices
         )
         self.reset_parameters()
 

@@ -227,6 +227,9 @@ def train(args: Namespace, *, prog: str, resume: str) -> int | None:
     config_kwargs = dict(args.model_config, **({"image_size": args.image_size} if args.image_size else {}))
     if args.model_class.class_aware:  # prompts name each image's category (AdaCLIP)
         config_kwargs["class_names"] = sorted(set(dataset["category"]))
+    if args.model_class.domain_aware and "domain_names" not in config_kwargs:  # DA-CLIP's routing loss
+        config_kwargs["domain_names"] = sorted(set(dataset["domain" if "domain" in dataset.column_names else "dataset"]))
+        logger.info(f"training domains: {', '.join(config_kwargs['domain_names'])}")
     model = args.model_class.from_backbone(args.backbone, **config_kwargs)
     if args.gradient_checkpointing:  # the new name from transformers 5.24 on, the old one before
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()

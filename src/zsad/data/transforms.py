@@ -7,7 +7,8 @@
     >>> loader = torch.utils.data.DataLoader(ds, batch_size=8, collate_fn=collate_fn)
 
 Each transformed example holds `pixel_values (3, S, S)`, `mask (S, S)` in {0, 1}, `label`, `has_mask`,
-`category`, `defect_type`, `dataset`, `image_id`. The image and its mask go through the same resize
+`category`, `defect_type`, `dataset`, `domain` (a `domain` column when the data has one, else the
+`dataset`), `image_id`. The image and its mask go through the same resize
 (the processor resizes both to S x S from the same original size, which is checked here), so the mask
 stays on the defect. `collate_fn` stacks a list of them into the batch contract:
 
@@ -21,6 +22,7 @@ stays on the defect. `collate_fn` stacks a list of them into the batch contract:
 | `categories`   | `list[str]`                                                                     |
 | `defect_types` | `list[str]`                                                                     |
 | `datasets`     | `list[str]` (source dataset names)                                              |
+| `domains`      | `list[str]` (each image's domain: the `domain` column, else its dataset)        |
 | `image_ids`    | `list[str]`                                                                     |
 """
 
@@ -39,7 +41,7 @@ from .errors import SchemaError
 from .schema import ANOMALY, NORMAL, NORMAL_DEFECT_TYPE, label_to_id
 
 DEFAULT_CATEGORY = "object"
-EXAMPLE_KEYS = ("pixel_values", "mask", "label", "has_mask", "category", "defect_type", "dataset", "image_id")
+EXAMPLE_KEYS = ("pixel_values", "mask", "label", "has_mask", "category", "defect_type", "dataset", "domain", "image_id")
 
 
 def _as_pil(value: Any, what: str) -> Image.Image:
@@ -82,6 +84,7 @@ class AnomalyTransform:
         categories = batch.get("category") or [None] * size
         defects = batch.get("defect_type") or [None] * size
         names = batch.get("dataset") or [None] * size
+        domains = batch.get("domain") or names  # a `domain` column, else the source dataset
         out: dict[str, list] = {key: [] for key in EXAMPLE_KEYS}
         for i in range(size):
             where = f"image {ids[i]!r}" if ids[i] else f"example {i} of the batch"
@@ -102,6 +105,7 @@ class AnomalyTransform:
                 defects[i] if defects[i] is not None else (NORMAL_DEFECT_TYPE if label == NORMAL else "anomaly")
             )
             out["dataset"].append(names[i] if names[i] is not None else "")
+            out["domain"].append(domains[i] if domains[i] is not None else "")
             out["image_id"].append(ids[i] if ids[i] is not None else "")
         return out
 
@@ -145,6 +149,7 @@ def collate_fn(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "categories": [str(e.get("category", DEFAULT_CATEGORY)) for e in examples],
         "defect_types": [str(e.get("defect_type", "")) for e in examples],
         "datasets": [str(e.get("dataset", "")) for e in examples],
+        "domains": [str(e.get("domain", e.get("dataset", ""))) for e in examples],
         "image_ids": [str(e.get("image_id", "")) for e in examples],
     }
     bad = [label for label in labels if label not in (NORMAL, ANOMALY)]

@@ -8,7 +8,7 @@ Layout under the Hugging Face cache (`HF_HUB_CACHE`, `HF_HOME/hub` by default):
     zsad-released/<name>/.lock                               held while a process downloads or imports
 
 A download streams into the `.incomplete` file (huggingface_hub's `http_get`: progress bar, retries that
-resume where the connection dropped), its checksum is verified, and only then is it renamed into place:
+resume where the connection dropped; `hf_hub_download` for a file on the Hub), its checksum is verified, and only then is it renamed into place:
 a file under its final name is always complete and verified. A checksum mismatch deletes the partial file.
 The lock makes two processes download and import once. With `HF_HUB_OFFLINE=1` a cached entry loads
 without any request and an uncached one fails at once, naming the URL and the manual route.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 from ...errors import first_line
@@ -123,9 +124,18 @@ def fetch(entry: RegistryEntry) -> Path:
 
 
 def _download(entry: RegistryEntry, partial: Path) -> None:
-    """Stream `entry.url` into `partial`, resuming from its current size."""
+    """Stream `entry.url` into `partial`, resuming from its current size; a Hub file through
+    `hf_hub_download` (its own cache, resume and authentication), then copied."""
+    from huggingface_hub import hf_hub_download
     from huggingface_hub.file_download import http_get
 
+    if entry.hub:
+        try:
+            shutil.copyfile(hf_hub_download(entry.hub["repo_id"], entry.hub["filename"], revision=entry.hub["revision"]),
+                            partial)
+        except Exception as error:  # noqa: BLE001 - huggingface_hub's errors name the repository and file
+            raise ReleasedModelError(f"cannot download {entry.url} ({first_line(error)}); {manual_route(entry)}") from error
+        return
     resume = partial.stat().st_size if partial.is_file() else 0
     if entry.size is not None and resume > entry.size:  # not a prefix of this file: start again
         partial.unlink()

@@ -43,6 +43,17 @@ class DACLIPConfig(AnomalyCLIPConfig):
             summed router probabilities, image router + token gates) (0.01).
         diversity_weight: weight of the expert-diversity loss (equiangular target on the domain prompt
             sets) (0.01).
+        gate_condition_norm: RMS-normalise the token and the condition separately before the token gate,
+            so the image's domain condition enters on the same footing as the token (True; checkpoints
+            saved before this field existed load with False, their behaviour).
+        domain_names: the training domains, in order (`zsad train` sets them from the `domain` column or
+            the dataset names); domain d is routed to expert `d % num_experts` by the routing loss. None:
+            no domain labels, the router learns from the load balance alone.
+        routing_loss_weight: weight of the routing loss, the cross-entropy of the image router's softmax
+            against each training image's domain expert; on only with two or more `domain_names` (1.0).
+
+    `image_score` defaults to `joint` here: the image score mixes the global probability with the maximum
+    of the DAKA-adapted anomaly map, so the experts reach the image score (docs/models/daclip.md).
     """
 
     model_type = "zsad_daclip"
@@ -70,6 +81,19 @@ class DACLIPConfig(AnomalyCLIPConfig):
     per_domain_prompts: bool = True
     load_balance_weight: float = 0.01
     diversity_weight: float = 0.01
+    gate_condition_norm: bool = True
+    domain_names: list[str] | tuple[str, ...] | None = None
+    routing_loss_weight: float = 1.0
+    image_score: str = "joint"
+
+    # What a saved config that lacks a field (written before the field existed) meant: its old behaviour.
+    legacy_defaults: ClassVar[dict] = {"gate_condition_norm": False}
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """`PreTrainedConfig.from_dict`, with `legacy_defaults` for the fields a saved config lacks."""
+        missing = {key: value for key, value in cls.legacy_defaults.items() if key not in config_dict}
+        return super().from_dict({**config_dict, **missing}, **kwargs)
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -81,6 +105,8 @@ class DACLIPConfig(AnomalyCLIPConfig):
             self.daka_layers = [max(self.dense_start_layer, relative_layer(depth, f)) for f in fractions]
         self.visual_prompt_layers = sorted({int(layer) for layer in self.visual_prompt_layers})
         self.daka_layers = sorted({int(layer) for layer in self.daka_layers})
+        if self.domain_names is not None:
+            self.domain_names = [str(name) for name in self.domain_names]
         self._validate_daclip_fields()
 
     @property
@@ -124,6 +150,8 @@ class DACLIPConfig(AnomalyCLIPConfig):
             )
         if self.lora_rank < 1 or self.lora_alpha <= 0:
             raise ValueError(f"lora_rank must be >= 1 and lora_alpha > 0; got {self.lora_rank}, {self.lora_alpha}")
-        for name in ("daka_mix", "load_balance_weight", "diversity_weight"):
+        if self.domain_names is not None and len(set(self.domain_names)) != len(self.domain_names):
+            raise ValueError(f"domain_names must be distinct; got {self.domain_names}")
+        for name in ("daka_mix", "load_balance_weight", "diversity_weight", "routing_loss_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}")

@@ -9,11 +9,14 @@ zero-shot anomaly detection. Only the abstract is public: everything below is zs
   both encoders (pathway 1).
 - DAKA (§6.2.3): after vision layers 6/12/18/24, the dense stream's patch tokens get the residual
   beta * sum_e g_e (alpha / r) B_e A_e x of 4 LoRA experts, with token gates g (top-2) on
-  [x ; summary of the combined visual prompts] (pathway 2). B = 0 at init: exactly the identity.
+  [x ; summary of the combined visual prompts], each RMS-normalised (pathway 2). B = 0 at init: exactly
+  the identity.
 - Read-out, maps and score (§6.2.4): AnomalyCLIP's (final dense stream, softmax / 0.07, sigma 4); with
   `project_daka_layers`, the DAKA layers 6/12/18 through learned Linear(1024 -> 768) projections too
-  (AdaCLIP-style), one more map each, averaged with the final one.
-- Loss (§6.2.5): AnomalyCLIP's CE + 4 (focal + dice_a + dice_n) + 0.01 load balance + 0.01 diversity.
+  (AdaCLIP-style), one more map each, averaged with the final one. The image score is the joint score
+  0.5 p_global + 0.5 max(map), so the experts, which act on the map, reach it.
+- Loss (§6.2.5): AnomalyCLIP's CE + 4 (focal + dice_a + dice_n) + 0.01 load balance + 0.01 diversity,
+  + 1.0 routing (cross-entropy of the router against each image's domain) when trained on several domains.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from ...adapters.domain_experts import (
     DomainPromptBank,
     ImageRouter,
     equiangular_diversity,
+    routing_cross_entropy,
     squared_coefficient_of_variation,
 )
 from ...adapters.projections import FeatureProjections
@@ -57,8 +61,9 @@ class DACLIPOutput(AnomalyDetectionOutput):
     Args:
         router_probs: `(B, num_experts)` image-router weights after top-k renormalisation (rows sum to 1,
             `top_k_experts` non-zero entries).
-        aux_losses: the unweighted auxiliary terms, `{"load_balance", "diversity"}` (the training loss
-            adds them times `load_balance_weight` / `diversity_weight`).
+        aux_losses: the unweighted auxiliary terms, `{"load_balance", "diversity"}` and, when the forward
+            had `domains`, `"routing"` (the training loss adds them times `load_balance_weight` /
+            `diversity_weight` / `routing_loss_weight`).
     """
 
     router_probs: torch.FloatTensor | None = None
@@ -69,6 +74,7 @@ class DACLIPModel(ZSADPreTrainedModel):
     config_class = DACLIPConfig
     output_class = DACLIPOutput
     trains_through_vision = True  # visual prompts and DAKA sit inside the frozen vision tower
+    domain_aware = True  # the routing loss reads each training image's domain
     card_info = {
         "name": "DA-CLIP",
         "tag": "daclip",
@@ -115,6 +121,7 @@ class DACLIPModel(ZSADPreTrainedModel):
             config.lora_alpha,
             config.daka_mix,
             config.token_top_k,
+            normalize_gate_inputs=config.gate_condition_norm,
         )
         # §6.2.4 read-out ablation: empty (no parameters) unless `project_daka_layers`.
         self.daka_projections = FeatureProjections(
@@ -206,13 +213,25 @@ class DACLIPModel(ZSADPreTrainedModel):
 
     compute_loss = AnomalyCLIPModel.compute_loss  # §6.2.5: CE + 4 (focal + dice_a + dice_n)
 
-    def unweighted_auxiliary_losses(self, features: VisionFeatures) -> dict[str, torch.Tensor]:
+    def domain_experts(self, domains: Sequence[str]) -> torch.Tensor:
+        """`(B,)` the expert each image's domain is routed to: domain d of `config.domain_names` -> expert
+        `d % num_experts`."""
+        names = self.config.domain_names or []
+        unknown = sorted({str(d) for d in domains} - set(names))
+        if unknown:
+            raise ValueError(f"domains {unknown} are not among this model's training domains {names}")
+        return torch.tensor([names.index(str(d)) % self.config.num_experts for d in domains], device=self.device)
+
+    def unweighted_auxiliary_losses(self, features: VisionFeatures, domains: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """§6.2.5, computed once per forward:
 
         - `load_balance`: squared coefficient of variation of the summed softmax probabilities of the image
           router over the batch, plus its mean over the DAKA layers for the token gates over all patch
           tokens of the batch. The probabilities before top-k, so unselected experts get a gradient too.
         - `diversity`: equiangular-frame MSE of the normalised per-domain prompt sets (text + visual tokens).
+        - `routing` (with `domains` and two or more `config.domain_names`): the cross-entropy
+          `-log softmax_e(image router)[expert of the image's domain]`, averaged over the batch: the
+          domain supervision of the router (docs/models/daclip.md).
         """
         extras = features.extras
         if "aux_losses" not in extras:
@@ -224,15 +243,20 @@ class DACLIPModel(ZSADPreTrainedModel):
                 "load_balance": load_balance,
                 "diversity": equiangular_diversity(self.domain_prompts.expert_vectors()),
             }
+            if domains is not None and len(self.config.domain_names or []) > 1:
+                extras["aux_losses"]["routing"] = routing_cross_entropy(extras["router_softmax"], self.domain_experts(domains))
         return extras["aux_losses"]
 
-    def auxiliary_losses(self, features: VisionFeatures) -> dict[str, torch.Tensor]:
+    def auxiliary_losses(self, features: VisionFeatures, domains: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         cfg = self.config
-        losses = self.unweighted_auxiliary_losses(features)
-        return {
+        losses = self.unweighted_auxiliary_losses(features, domains)
+        weighted = {
             "load_balance": cfg.load_balance_weight * losses["load_balance"],
             "diversity": cfg.diversity_weight * losses["diversity"],
         }
+        if "routing" in losses:
+            weighted["routing"] = cfg.routing_loss_weight * losses["routing"]
+        return weighted
 
     def output_extras(self, features: VisionFeatures) -> dict[str, Any]:
         return {"router_probs": features.extras["router_probs"], "aux_losses": self.unweighted_auxiliary_losses(features)}
