@@ -310,9 +310,13 @@ def mean_state_embedding(features: Tensor) -> Tensor:
 
 
 def ensemble_text(clip, config) -> Tensor:
-    """The hand-crafted prompt ensemble (§2.3, WinCLIP §4.1): `(2, D)` [t_n, t_a] from the stored token ids."""
+    """The hand-crafted prompt ensemble (§2.3, WinCLIP §4.1): `(2, D)` [t_n, t_a] from the stored token ids;
+    `ensemble="raw_mean"` (anomalib's WinCLIP) averages the raw sentence embeddings, then normalises."""
+    def state(sentences: Tensor) -> Tensor:
+        return normalize(sentences.mean(dim=0)) if config.ensemble == "raw_mean" else mean_state_embedding(sentences)
+
     return torch.stack([
-        mean_state_embedding(text_tower(clip, *token_embeddings(clip, ids)))
+        state(text_tower(clip, *token_embeddings(clip, ids)))
         for ids in (config.normal_token_ids, config.anomaly_token_ids)
     ])
 
@@ -434,7 +438,8 @@ def fuse_memory(expected: Expected, patch_scores: Tensor, grid: tuple[int, int],
     fusion = config.reference_fusion
     assert fusion in ("mean", "memory_only"), fusion
     memory = gaussian_smooth(upsample(patch_scores[..., None], grid, size)[:, 0], config.gaussian_sigma)
-    peak = memory.flatten(1).amax(dim=1)
+    # WinCLIP's `memory_image_score="grid"` (anomalib's) takes the peak on the patch grid, before upsampling.
+    peak = (patch_scores if getattr(config, "memory_image_score", "map") == "grid" else memory.flatten(1)).amax(dim=1)
     if fusion == "memory_only":
         return Expected(memory, peak, expected.image_logits, expected.loss)
     return Expected((expected.anomaly_maps + memory) / 2, (expected.pred_scores + peak) / 2, expected.image_logits,
@@ -800,9 +805,9 @@ def winclip(model, pixels, *, categories=None, masks=None, labels=None, training
     """WinCLIP (Jeong et al., CVPR 2023; docs/models/winclip.md): the prompt ensemble (§4.1); image score
     softmax(cos(g, [t_n, t_a]) / T)[a] of plain CLIP; per window size, every window scored like the image
     and taken to patches by the harmonic mean (§4.2); per patch, the harmonic mean of the image score and
-    the scales; bilinear, blur. With `normal_images`, WinCLIP+ (§4.3): their final-layer patch embeddings
-    and window embeddings of every size as memory groups, window groups taken to patches harmonically,
-    the groups averaged, fused with the zero-shot map and score."""
+    the scales; bilinear, blur. With `normal_images`, WinCLIP+ (§4.3): their final-layer patch tokens
+    (LN_post, W_proj with `memory_projection`) and window embeddings of every size as memory groups, window
+    groups taken to patches harmonically, the groups averaged, fused with the zero-shot map and score."""
     cfg, clip = model.config, float64_copy(model.clip)
     size, scale = _size(pixels), 1.0 / cfg.temperature
     with torch.no_grad():
@@ -820,8 +825,13 @@ def winclip(model, pixels, *, categories=None, masks=None, labels=None, training
         expected = Expected(maps, image_score, image_logits)
         if normal_images is None:
             return expected
-        memory_patches = vision_from_config(clip, normal_images, cfg).patch_tokens
-        scores = [association(q, r) for q, r in zip(vision.patch_tokens, memory_patches)]
+        # The patch memory: final-layer tokens after LN_post, through W_proj only with `memory_projection`.
+        def memory_tokens(images: Tensor) -> list[Tensor]:
+            raw = vision_from_config(clip, images, cfg, project_patches=False).patch_tokens
+            post = [clip.vision_model.post_layernorm(tokens) for tokens in raw]
+            return [clip.visual_projection(tokens) for tokens in post] if cfg.memory_projection else post
+
+        scores = [association(q, r) for q, r in zip(memory_tokens(pixels), memory_tokens(normal_images))]
         for w, k, c in zip(windows, cfg.window_sizes, coverage):
             scores.append(harmonic_to_patches(association(w, window_embeddings(clip, normal_images, cfg, k)), c))
         return fuse_memory(expected, torch.stack(scores).mean(dim=0), vision.grid, size, cfg)

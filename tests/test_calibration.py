@@ -29,10 +29,11 @@ def loader(model, dataset, batch_size=100):
 
 @torch.inference_mode()
 def run(model, dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Image scores and anomaly maps of the whole dataset."""
+    """Image scores and anomaly maps of the whole dataset (each image prompted with its category, as
+    calibration does for a class-aware model)."""
     scores, maps = [], []
     for batch in loader(model, dataset):
-        output = model(pixel_values=batch["pixel_values"])
+        output = model(pixel_values=batch["pixel_values"], categories=batch["categories"])
         scores.append(output.pred_scores.numpy())
         maps.append(output.anomaly_maps.numpy())
     return np.concatenate(scores).astype(np.float64), np.concatenate(maps)
@@ -62,9 +63,9 @@ def test_fpr_threshold_holds_on_held_out_normals(model):
     assert abs(measured - fpr) <= 4 * sigma + 1 / n, (measured, fpr, sigma)
     model.config.image_threshold = result.image_threshold
     try:
-        pixels = next(iter(loader(model, held_out, batch_size=n)))["pixel_values"]
+        batch = next(iter(loader(model, held_out, batch_size=n)))
         with torch.inference_mode():
-            labels = model(pixel_values=pixels).pred_labels
+            labels = model(pixel_values=batch["pixel_values"], categories=batch["categories"]).pred_labels
     finally:
         model.config.image_threshold = None
     assert labels.float().mean().item() == pytest.approx(measured)

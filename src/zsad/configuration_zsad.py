@@ -103,6 +103,8 @@ class ZSADConfig(PreTrainedConfig):
     dense_fraction: ClassVar[float] = 19 / 24
     # Optimiser and schedule of the method's reference training (None: training-free).
     training_defaults: ClassVar[dict | None] = None
+    # What a saved config that lacks a field (written before the field existed) meant: its old behaviour.
+    legacy_defaults: ClassVar[dict[str, Any]] = {}
 
     backbone_name_or_path: str | None = DEFAULT_BACKBONE
     clip_config: dict | CLIPConfig | None = None
@@ -123,6 +125,12 @@ class ZSADConfig(PreTrainedConfig):
     image_threshold: float | None = None
     pixel_threshold: float | None = None
     reference_fusion: str = "mean"
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs):
+        """`PreTrainedConfig.from_dict`, with `legacy_defaults` for the fields a saved config lacks."""
+        missing = {key: value for key, value in cls.legacy_defaults.items() if key not in config_dict}
+        return super().from_dict({**config_dict, **missing}, **kwargs)
 
     def __post_init__(self, **kwargs):
         if self.clip_config is None:

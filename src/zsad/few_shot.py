@@ -135,7 +135,8 @@ class NormalReferencesMixin:
     """The few-shot memory of `ZSADPreTrainedModel`: set, save, load and score against k normal images.
 
     The memory holds the features of the model's own `image_features` step (`reference_features`);
-    `fuse_normal_references`, step 5 of the forward, adds the memory map it scores (`memory_maps`).
+    `fuse_normal_references`, step 5 of the forward, adds the memory map (`memory_patch_map`,
+    `upsample_memory`) and its image score (`memory_image_scores`).
     """
 
     @property
@@ -210,9 +211,9 @@ class NormalReferencesMixin:
         """`(B, N)` patch scores from the association scores of every bank; default: their mean."""
         return torch.stack(scores).mean(dim=0)
 
-    def memory_maps(self, features: VisionFeatures, size: tuple[int, int]) -> torch.Tensor:
-        """`(B, H, W)` memory map: per patch the visual association score with the normal references
-        (`1/2 (1 - max cos)`, WinCLIP Eq. 4), upsampled and blurred like the zero-shot map."""
+    def memory_patch_map(self, features: VisionFeatures, size: tuple[int, int]) -> torch.Tensor:
+        """`(B, N)` memory scores on the patch grid: per patch the visual association score with the normal
+        references (`1/2 (1 - max cos)`, WinCLIP Eq. 4), combined over the banks by `memory_patch_scores`."""
         references = self._normal_references
         if references is None:
             raise ValueError("this model has no normal references: call set_normal_references(...) first")
@@ -233,6 +234,14 @@ class NormalReferencesMixin:
         if references.banks[0].device != device:
             references = self._normal_references = references.to(device)
         scores = [association_scores(q, bank) for q, bank in zip(queries, references.banks)]
-        patch_scores = self.memory_patch_scores(scores, features.grid_size)
-        maps = upsample_patch_scores(patch_scores.unsqueeze(-1), features.grid_size, size)[:, 0]
+        return self.memory_patch_scores(scores, features.grid_size)
+
+    def upsample_memory(self, patch_scores: torch.Tensor, grid_size: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+        """`(B, H, W)` memory map: the patch scores upsampled and blurred like the zero-shot map."""
+        maps = upsample_patch_scores(patch_scores.unsqueeze(-1), grid_size, size)[:, 0]
         return gaussian_blur(maps, self.config.gaussian_sigma)
+
+    def memory_image_scores(self, patch_scores: torch.Tensor, memory_map: torch.Tensor) -> torch.Tensor:
+        """`(B,)` the memory's part of the few-shot image score: the maximum of the memory map (the base
+        rule; WinCLIP's anomalib setting takes it on the patch grid)."""
+        return memory_map.flatten(1).amax(dim=1)

@@ -226,8 +226,10 @@ class ZSADPreTrainedModel(NormalReferencesMixin, CheckpointMixin, PreTrainedMode
         fusion = self.config.reference_fusion
         if self._normal_references is None or fusion == "zero_shot_only":
             return anomaly_maps, pred_scores
-        memory = self.memory_maps(features, tuple(anomaly_maps.shape[-2:]))
-        return fuse(anomaly_maps, memory, fusion), fuse(pred_scores, memory.flatten(1).amax(dim=1), fusion)
+        size = tuple(anomaly_maps.shape[-2:])
+        patch_scores = self.memory_patch_map(features, size)
+        memory = self.upsample_memory(patch_scores, features.grid_size, size)
+        return fuse(anomaly_maps, memory, fusion), fuse(pred_scores, self.memory_image_scores(patch_scores, memory), fusion)
 
     def loss_probabilities(
         self,

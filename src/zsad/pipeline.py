@@ -54,11 +54,18 @@ class ZeroShotAnomalyDetectionPipeline(Pipeline):
         inputs: ImageInput | Sequence[ImageInput],
         categories: str | Sequence[str] | None = None,
         normal_references: str | os.PathLike | Sequence[ImageInput] | None = None,
+        class_name: str | None = None,
         **kwargs: Any,
     ):
-        """`normal_references` (a folder, or a list of images) sets the model's few-shot memory before
-        scoring (`model.set_normal_references`; kept for later calls until `model.clear_normal_references()`,
-        docs/few_shot.md)."""
+        """`categories` (one name for all images, or one each) or `class_name` (one name) say what the images
+        show; class-aware models (AdaCLIP, ZeroShotCLIP, WinCLIP) prompt with it (`metal_nut` as "metal nut"),
+        object-agnostic ones ignore it. `normal_references` (a folder, or a list of images) sets the model's
+        few-shot memory before scoring (`model.set_normal_references`; kept for later calls until
+        `model.clear_normal_references()`, docs/few_shot.md)."""
+        if class_name is not None:
+            if categories is not None:
+                raise ValueError("pass categories= or class_name=, not both")
+            categories = class_name
         if normal_references is not None:
             if isinstance(normal_references, (str, os.PathLike)):
                 pixels = reference_images(normal_references, self.image_processor.image_size)
@@ -75,7 +82,7 @@ class ZeroShotAnomalyDetectionPipeline(Pipeline):
             if len(names) != len(items):
                 raise ValueError(f"categories must be one name, or one per image ({len(items)}); got {len(names)}")
         if getattr(self.model, "class_aware", False) and categories is not None:
-            known = list(self.model.config.class_names)
+            known = list(self.model.config.class_names or [])
             new = [name for name in dict.fromkeys(names) if name not in known]
             if new:
                 self.model.set_class_names(known + new)

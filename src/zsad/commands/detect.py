@@ -71,24 +71,30 @@ def overlay_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def set_reference_folder(model, folder: str, image_size: int) -> None:
+def set_reference_folder(model, folder: str, image_size: int, class_name: str | None = None) -> None:
     """`model.set_normal_references` with the images directly inside `folder` (few-shot, docs/few_shot.md)."""
     from ..few_shot import reference_images
 
     try:
-        model.set_normal_references(reference_images(folder, image_size).to(model.device, model.dtype))
+        model.set_normal_references(reference_images(folder, image_size).to(model.device, model.dtype), class_name)
     except ValueError as error:
         raise CommandError(f"--normal-references: {error}") from error
 
 
+def settings_model(args: argparse.Namespace) -> str:
+    return args.model or default_model_name()
+
+
 def _detect_settings(args: argparse.Namespace, image_size_: int) -> dict:
-    settings = {"model": args.model or default_model_name(), "image_size": image_size_, "map_scale": args.map_scale}
+    settings = {"model": settings_model(args), "image_size": image_size_, "map_scale": args.map_scale}
     if args.backbone:
         settings["backbone"] = str(Path(args.backbone).resolve()) if Path(args.backbone).exists() else args.backbone
     if args.object_name:
         settings["object_name"] = args.object_name
     if args.normal_references:
         settings["normal_references"] = str(Path(args.normal_references).resolve())
+    if args.class_name:
+        settings["class_name"] = args.class_name
     return settings
 
 
@@ -146,8 +152,13 @@ def run(args: argparse.Namespace) -> int:
     if size % patch:
         raise CommandError(f"--image-size must be a multiple of the backbone's patch size {patch}, got {size}")
     processor = ZSADImageProcessor(image_size=size)
+    if args.class_name:
+        if not model.class_aware:
+            raise CommandError(f"--class-name: {settings_model(args)} has object-agnostic prompts, which name no class; "
+                               "use a class-aware model (zero-shot-clip, winclip, an AdaCLIP checkpoint) or drop --class-name")
+        model.set_class_names([args.class_name])
     if args.normal_references:
-        set_reference_folder(model, args.normal_references, size)
+        set_reference_folder(model, args.normal_references, size, args.class_name)
     settings = _detect_settings(args, size)
     overlay_dir = out_dir / "overlays"
     overlay_dir.mkdir(exist_ok=True)
@@ -183,7 +194,8 @@ def run(args: argparse.Namespace) -> int:
                 if images:
                     pixels = torch.stack([processor.preprocess_image(image) for image in images])
                     with torch.inference_mode():
-                        output = model(pixel_values=pixels.to(device, model.dtype))
+                        categories = [args.class_name] * len(kept) if args.class_name else None
+                        output = model(pixel_values=pixels.to(device, model.dtype), categories=categories)
                     scores = output.pred_scores.float().cpu().tolist()
                     labels = [None] * len(kept) if output.pred_labels is None else [LABELS[i] for i in output.pred_labels.tolist()]
                     for path, image, score, label, anomaly_map in zip(kept, images, scores, labels, output.anomaly_maps.float().cpu()):
@@ -238,5 +250,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "or one min..max shared by the run (run)")
     parser.add_argument("--normal-references", metavar="DIR",
                         help="folder of normal images of the inspected class: adds the few-shot memory map (WinCLIP+ style)")
+    parser.add_argument("--class-name", metavar="NAME",
+                        help="what the images show (e.g. metal_nut, written 'metal nut' in the prompts): class-aware "
+                        "models (zero-shot-clip, winclip, AdaCLIP) prompt with it instead of 'object'")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

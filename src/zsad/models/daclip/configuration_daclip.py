@@ -86,14 +86,7 @@ class DACLIPConfig(AnomalyCLIPConfig):
     routing_loss_weight: float = 1.0
     image_score: str = "joint"
 
-    # What a saved config that lacks a field (written before the field existed) meant: its old behaviour.
-    legacy_defaults: ClassVar[dict] = {"gate_condition_norm": False}
-
-    @classmethod
-    def from_dict(cls, config_dict: dict, **kwargs):
-        """`PreTrainedConfig.from_dict`, with `legacy_defaults` for the fields a saved config lacks."""
-        missing = {key: value for key, value in cls.legacy_defaults.items() if key not in config_dict}
-        return super().from_dict({**config_dict, **missing}, **kwargs)
+    legacy_defaults: ClassVar[dict] = {"gate_condition_norm": False}  # saved before issue 24
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -7,10 +7,12 @@ CVPR 2023; docs/models/winclip.md). Training-free.
   the class token, `zsad.clip.windows`) scored like the image; window scores go to patches by the
   harmonic mean over the windows covering them; the scales and the full-image score (as a constant
   map) are combined by their harmonic mean, as anomalib's WinClip does.
-- WinCLIP+ (§4.3): `set_normal_references(images)` keeps the final-layer patch embeddings and the window
-  embeddings of the normal images; each test patch / window scores 1/2 (1 - max cos) against them, windows
-  are aggregated harmonically, the groups averaged; map and score are fused with the zero-shot ones
-  (the base class's normal-reference step, `config.reference_fusion`).
+- WinCLIP+ (§4.3): `set_normal_references(images)` keeps the final-layer patch tokens (after
+  `post_layernorm`, without the visual projection, as anomalib; `memory_projection=True` projects them)
+  and the window embeddings of the normal images; each test patch / window scores 1/2 (1 - max cos)
+  against them, windows are aggregated harmonically, the groups averaged; map and score are fused with
+  the zero-shot ones (`config.reference_fusion`), the memory's image score being the maximum of its patch
+  grid (`memory_image_score="grid"`, anomalib's) or of the upsampled map (`"map"`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ...clip.vision import VisionFeatures
+from ...clip.vision import VisionFeatures, project_tokens
 from ...clip.windows import harmonic_aggregation, window_embeddings, window_patch_indices
 from ...scoring import similarity_logits, upsample_patch_scores
 from ..zsad_clip.modeling_zsad_clip import WINCLIP_CITATION, ZeroShotCLIPModel
@@ -39,10 +41,15 @@ class WinCLIPModel(ZeroShotCLIPModel):
     }
 
     def image_features(self, pixel_values: torch.Tensor, categories: Sequence[str] | None = None) -> VisionFeatures:
-        """The full-image pass (global + final-layer patch embeddings) and, in `extras["window_embeds"]`,
-        the window embeddings of every window size (§4.2)."""
+        """The full-image pass (global embedding; final-layer patch tokens after `post_layernorm`, projected
+        with `memory_projection`) and, in `extras["window_embeds"]`, the window embeddings of every window
+        size (§4.2)."""
         with torch.no_grad():
-            features = self.encode_image(pixel_values)
+            features = self.encode_image(pixel_values, project_patches=False)
+            if self.config.memory_projection:
+                features.patch_embeds = tuple(project_tokens(self.clip, tokens) for tokens in features.patch_embeds)
+            else:
+                features.patch_embeds = tuple(self.clip.vision_model.post_layernorm(tokens) for tokens in features.patch_embeds)
             windows, _ = window_embeddings(
                 self.clip,
                 pixel_values,
@@ -80,6 +87,12 @@ class WinCLIPModel(ZeroShotCLIPModel):
     def reference_features(self, features: VisionFeatures) -> list[torch.Tensor]:
         """WinCLIP+ memory (§4.3): the final-layer patch embeddings, then the windows of every size."""
         return [*features.patch_embeds, *features.extras["window_embeds"]]
+
+    def memory_image_scores(self, patch_scores: torch.Tensor, memory_map: torch.Tensor) -> torch.Tensor:
+        """The memory's maximum on the patch grid (`memory_image_score="grid"`, anomalib's) or on the map."""
+        if self.config.memory_image_score == "grid":
+            return patch_scores.amax(dim=1)
+        return super().memory_image_scores(patch_scores, memory_map)
 
     def memory_patch_scores(self, scores: list[torch.Tensor], grid_size: tuple[int, int]) -> torch.Tensor:
         """Mean of the patch scores and the harmonically aggregated window scores (§4.3)."""
