@@ -143,7 +143,10 @@ def synthetic_batch(batch: int, size: int, device: torch.device, dtype: torch.dt
 
 
 def categories(model, batch: int):
-    return [model.config.class_names[0]] * batch if model.class_aware else None
+    """Each image's category for a class-aware model that has class names (AdaCLIP); else None (the
+    training-free models then use their `object_name` text)."""
+    names = model.config.class_names if model.class_aware else None
+    return [names[0]] * batch if names else None
 
 
 # ---------------------------------------------------------------------------------------- throughput

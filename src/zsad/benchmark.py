@@ -9,10 +9,13 @@ paper-compatible AUPRO (`cflow`, 200 thresholds, as the authors' code computes i
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from .file_modes import write_text_atomic
 
 # `--dataset KEY=PATH`: the key names the dataset of the papers' tables.
 DATASET_NAMES = {
@@ -114,15 +117,16 @@ def write_tables(rows: list[BenchmarkRow], output_dir: str | os.PathLike, notes:
         table.append(line)
     folder = Path(output_dir)
     csv_path, md_path = folder / "benchmark.csv", folder / "benchmark.md"
-    with open(csv_path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(table)
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows(table)
+    write_text_atomic(csv_path, text.getvalue())
     lines = ["# zsad benchmark", "", "Values in %. Paper: the number the authors report for this very file; "
              "difference: zsad minus paper. AUPRO (paper-compatible) is the 200-threshold AUPRO of the authors' "
              "code, which the papers report.", ""]
     lines += [f"- {note}" for note in notes] + ([""] if notes else [])
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(line) + " |" for line in table]
-    md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text_atomic(md_path, "\n".join(lines) + "\n")
     return csv_path, md_path

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .file_modes import write_text_atomic
+
 DEFAULT_FPR = 0.01  # target false-positive rate when the data has no anomalies (`zsad calibrate --fpr`)
 
 
@@ -131,8 +133,10 @@ def calibrate_dataset(
     batch_size: int = 8,
     fpr: float = DEFAULT_FPR,
     show_progress: bool = False,
+    image_size: int | None = None,
 ) -> Calibration:
-    """`calibrate_thresholds` on anomaly data from anywhere `zsad.data.load_anomaly_dataset` reads."""
+    """`calibrate_thresholds` on anomaly data from anywhere `zsad.data.load_anomaly_dataset` reads, at
+    `image_size` (default: the model's)."""
     from torch.utils.data import DataLoader
 
     from .data import collate_fn, load_anomaly_dataset, with_anomaly_transform
@@ -140,7 +144,10 @@ def calibrate_dataset(
     dataset = load_anomaly_dataset(source, split=split, categories=categories)
     if model.class_aware:
         model.set_class_names(sorted(set(dataset["category"])))
-    loader = DataLoader(with_anomaly_transform(dataset, model.image_processor()), batch_size=batch_size, collate_fn=collate_fn)
+    from .clip.processing import ZSADImageProcessor
+
+    processor = ZSADImageProcessor(image_size=image_size) if image_size else model.image_processor()
+    loader = DataLoader(with_anomaly_transform(dataset, processor), batch_size=batch_size, collate_fn=collate_fn)
     return calibrate_thresholds(model, loader, fpr=fpr, show_progress=show_progress)
 
 
@@ -150,5 +157,5 @@ def write_thresholds(checkpoint: str | Path, calibration: Calibration) -> Path:
     config = json.loads(path.read_text(encoding="utf-8"))
     config["image_threshold"] = calibration.image_threshold
     config["pixel_threshold"] = calibration.pixel_threshold
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_text_atomic(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return path

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .file_modes import write_text_atomic
 from .metrics import AnomalyMetrics, format_markdown
 from .training import model_inputs
 
@@ -114,9 +115,9 @@ def write_report(results: dict[str, Any], output_dir: str | os.PathLike, *, titl
     folder.mkdir(parents=True, exist_ok=True)
     json_path = folder / "metrics.json"
     payload = _json_ready({"title": title, **(extra or {}), **results})
-    json_path.write_text(json.dumps(payload, indent=2, allow_nan=False), encoding="utf-8")
+    write_text_atomic(json_path, json.dumps(payload, indent=2, allow_nan=False))
     markdown_path = folder / "metrics.md"
-    markdown_path.write_text(f"# {title}\n\n{format_markdown(results)}\n", encoding="utf-8")
+    write_text_atomic(markdown_path, f"# {title}\n\n{format_markdown(results)}\n")
     return json_path, markdown_path
 
 

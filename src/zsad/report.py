@@ -13,6 +13,8 @@ from urllib.parse import quote
 import torch
 from PIL import Image
 
+from .file_modes import write_text_atomic
+
 REPORT_NAME = "report.html"
 THUMBNAIL_SIDE = 224
 
@@ -83,7 +85,7 @@ def write_html_report(
         "click a thumbnail for the full panel</p>\n<div class=\"grid\">\n" + "\n".join(cards) + "\n</div></body></html>\n"
     )
     path = Path(out_dir) / REPORT_NAME
-    path.write_text(page, encoding="utf-8")
+    write_text_atomic(path, page)
     return path
 
 

@@ -12,7 +12,9 @@ This module imports neither torch nor transformers, so `zsad --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
+import json
 import os
 import socket
 import sys
@@ -21,15 +23,18 @@ import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from ..errors import first_line
+from ..file_modes import write_text_atomic
 
 # Memory of a ViT grows with the square of the token count, i.e. the fourth power of the image size;
 # 2048 px is already 22k tokens on a /14 backbone (the reference size is 518).
 MAX_IMAGE_SIZE = 2048
 HUB_PROBE_TIMEOUT_S = 3.0
 _PROBE = ".zsad-write-test-"  # the writability probe of prepare_output_dir (other processes may see it)
+LOCK_NAME, LOCK_INFO = ".zsad-lock", ".zsad-lock.json"  # held by the command writing into an output folder
 OFFLINE_HINT = "python -m zsad.testing --out DIR writes a tiny random one for a smoke test"
 
 
@@ -134,16 +139,12 @@ def local_path_or_hub_id(value: str, flag: str) -> str:
 
 def prepare_output_dir(path: str | os.PathLike, *, flag: str, overwrite: bool = False,
                        resume: bool = False, resume_flag: str | None = None) -> Path:
-    """Create (or accept) the output folder before any work: it must be a writable folder, and empty
-    unless `overwrite` or `resume` is set. Returns it as a `Path`."""
+    """Claim the output folder before any work: create it, lock it for this process (a second command
+    into the same folder is refused at once, naming the holder), and check that it is a writable folder,
+    empty unless `overwrite` or `resume` is set. Returns it as a `Path`."""
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise CommandError(f"{flag} {folder} exists and is not a folder; choose another {flag}")
-    if folder.is_dir() and not (overwrite or resume) and any(not p.name.startswith(_PROBE) for p in folder.iterdir()):
-        hint = f", {resume_flag} to continue the run there" if resume_flag else ""
-        raise CommandError(
-            f"{flag} {folder} is not empty: pass --overwrite to write over it{hint}, or choose another {flag}"
-        )
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder, prefix=_PROBE):
@@ -151,7 +152,57 @@ def prepare_output_dir(path: str | os.PathLike, *, flag: str, overwrite: bool = 
     except OSError as error:
         reason = error.strerror or type(error).__name__
         raise CommandError(f"cannot write to {flag} {folder} ({reason}); choose a writable folder") from None
+    lock_output_dir(folder, flag)
+    if not (overwrite or resume) and any(not p.name.startswith((_PROBE, LOCK_NAME)) for p in folder.iterdir()):
+        release_output_dir(folder)
+        hint = f", {resume_flag} to continue the run there" if resume_flag else ""
+        raise CommandError(
+            f"{flag} {folder} is not empty: pass --overwrite to write over it{hint}, or choose another {flag}"
+        )
     return folder
+
+
+# Output folders this process holds: `{folder: FileLock}`, released (and their lock files removed) at exit.
+_HELD: dict[Path, Any] = {}
+_RUNNING: dict[str, str] = {}  # "prog": the command `run_command` runs, named in the lock of its output folder
+
+
+def lock_output_dir(folder: Path, flag: str) -> None:
+    """Hold `folder/.zsad-lock` (a `filelock` lock, as huggingface_hub's cache uses) until this process
+    ends; the holder's pid and command line go into `.zsad-lock.json` so that a refused command names it."""
+    from filelock import FileLock, Timeout
+
+    folder = folder.resolve()
+    if folder in _HELD:
+        return
+    lock = FileLock(str(folder / LOCK_NAME), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        try:
+            holder = json.loads((folder / LOCK_INFO).read_text(encoding="utf-8"))
+            who = f"{holder['command']} (pid {holder['pid']})"
+        except (OSError, ValueError, KeyError):
+            who = "another process"
+        raise CommandError(f"{folder} is in use by {who}: wait for it to finish, or choose another output folder") from None
+    command = _RUNNING.get("prog") or Path(sys.argv[0]).name
+    write_text_atomic(folder / LOCK_INFO, json.dumps({"pid": os.getpid(), "command": command}))
+    if not _HELD:
+        atexit.register(_release_all)
+    _HELD[folder] = lock
+
+
+def release_output_dir(folder: Path) -> None:
+    lock = _HELD.pop(folder.resolve(), None)
+    if lock is not None:
+        (folder / LOCK_INFO).unlink(missing_ok=True)
+        lock.release()
+        (folder / LOCK_NAME).unlink(missing_ok=True)
+
+
+def _release_all() -> None:
+    for folder in list(_HELD):
+        release_output_dir(folder)
 
 
 # ------------------------------------------------------------------------------------------- device
@@ -255,6 +306,7 @@ def _show_warning_line(message, category, filename, lineno, file=None, line=None
 
 def run_command(prog: str, func: Callable[[], int | None], *, debug: bool = False) -> int:
     """Run `func` under the error contract; returns the exit status (0, 1 for a bug, 2, 130 on Ctrl-C)."""
+    _RUNNING["prog"] = prog
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always")

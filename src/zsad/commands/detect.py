@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
+import io
 import json
 import os
 import sys
@@ -12,9 +13,10 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from ..hub.released.registry import default_model_name
+from ..file_modes import write_text_atomic
 from ..visualize import MAP_SCALES
 from .common import CommandError, prepare_output_dir, resolve_device
-from ..hub.released.registry import default_model_name
 from .loading import add_model_options, check_sources, load_detector
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -121,10 +123,12 @@ def _finished_rows(out_dir: Path, settings: dict) -> dict[str, dict]:
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=SCORE_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    """The whole `scores.csv`, replaced atomically (rows of the running batch are appended in between)."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=SCORE_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, text.getvalue())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -171,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     for row in rows.values():
         if row["status"] == "ok":
             report.add_finished(row["image"], float(row["score"]), row.get("label") or None, row["overlay"])
-    (out_dir / "scores.json").write_text(json.dumps({"settings": settings, "complete": False}, indent=2), encoding="utf-8")
+    write_text_atomic(out_dir / "scores.json", json.dumps({"settings": settings, "complete": False}, indent=2))
     _write_rows(out_dir / "scores.csv", list(rows.values()))  # finished rows first; new ones are appended
     todo = [p for p in paths if str(p) not in rows]
     failures: list[str] = []
@@ -217,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
     results = [{**row, "score": float(row["score"]) if row["status"] == "ok" else None} for row in ordered]
     summary = {"settings": settings, "complete": True, **settings, "image_threshold": model.config.image_threshold,
                "results": results}
-    (out_dir / "scores.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    write_text_atomic(out_dir / "scores.json", json.dumps(summary, indent=2))
     scored = sum(row["status"] == "ok" for row in ordered)
     if not scored:
         reason = f": {failures[0]}" if len(paths) == 1 and failures else " (see scores.csv)"

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 
 from ..hub.released.registry import get_entry, training_free_models
-from .common import CommandError, local_path_or_hub_id
+from .common import (
+    CommandError,
+    add_debug_flag,
+    local_path_or_hub_id,
+    prepare_output_dir,
+)
 from .loading import load_detector
 
 
@@ -19,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"ONNX export needs the export extra: pip install 'zsad[export]' ({error})") from error
     if get_entry(args.model) is None and args.model not in training_free_models():
         local_path_or_hub_id(args.model, "MODEL")  # a mistyped path is named as the positional argument
+    prepare_output_dir(args.out, flag="OUT", overwrite=args.overwrite)  # checked before the model loads
     model = load_detector(args.model, args.backbone, None)
     try:
         path = export_onnx(model, args.out, opset_version=args.opset)
@@ -37,9 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "prompt_conditioning='always') cannot be exported.",
     )
     parser.add_argument("model", help="a registry name (zsad models), a zsad checkpoint folder or a Hub id")
-    parser.add_argument("out", help="output folder (model.onnx, preprocessor_config.json, onnx_config.json)")
+    parser.add_argument("out", help="output folder, empty or new (model.onnx, preprocessor_config.json, onnx_config.json)")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT (files of the same names are replaced)")
     parser.add_argument("--format", default="onnx", choices=["onnx"])
     parser.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
     parser.add_argument("--backbone", help="a local mirror of the checkpoint's CLIP backbone")
+    add_debug_flag(parser, suppress_default=True)
     parser.set_defaults(func=run)
     return parser

@@ -13,7 +13,12 @@ from pathlib import Path
 
 from ..clip import DEFAULT_BACKBONE
 from ..errors import first_line
-from ..hub.released.registry import default_model_name, get_entry, registry, training_free_models
+from ..hub.released.registry import (
+    default_model_name,
+    get_entry,
+    registry,
+    training_free_models,
+)
 from .common import (
     CommandError,
     add_debug_flag,

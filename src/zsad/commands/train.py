@@ -15,6 +15,7 @@ imagefolder, `save_to_disk`, a Hub id). ZSAD trains on the *test* split of an au
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -23,10 +24,8 @@ import shlex
 import shutil
 import signal
 import sys
-import argparse
 from argparse import Namespace, RawDescriptionHelpFormatter
 from collections.abc import Sequence
-
 from typing import TYPE_CHECKING
 
 from .common import (

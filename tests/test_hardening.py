@@ -1,0 +1,128 @@
+"""Practitioner hardening, round 2 (issue 26): output folders are claimed (locked, checked) before any work,
+results are replaced atomically, and every command that writes a folder honours --overwrite."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zsad.cli import COMMANDS, build_parser, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _images(folder: Path, count: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_two_detect_runs_into_one_new_folder_the_second_is_refused_naming_the_holder(tiny_backbone, tmp_path):
+    """Observed: two `zsad detect` started together into one new --out both exited 0 and one run was lost."""
+    out = tmp_path / "shared_out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def start(images):
+        return subprocess.Popen([sys.executable, "-m", "zsad.cli", "detect", str(images), "--model", "zero-shot-clip",
+                                 "--backbone", tiny_backbone, "--image-size", "28", "--out", str(out), "--quiet"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    first = start(_images(tmp_path / "twenty", 20))
+    deadline = time.monotonic() + 60
+    while not (out / ".zsad-lock.json").exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    second = start(_images(tmp_path / "four", 4))  # while the first holds the folder
+    second_out, second_err = second.communicate(timeout=120)
+    first_out, first_err = first.communicate(timeout=300)
+    assert first.returncode == 0, first_err
+    assert second.returncode == 2
+    lines = second_err.strip().splitlines()
+    assert len(lines) == 1 and str(out.resolve()) in lines[0] and "in use by zsad detect" in lines[0]
+    assert f"pid {first.pid}" in lines[0]
+    assert "scored 20 image(s)" in first_out
+    rows = (out / "scores.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 20  # the first run's results, whole
+    assert not (out / ".zsad-lock").exists() and not (out / ".zsad-lock.json").exists()  # released at exit
+
+
+def test_results_are_replaced_atomically(tmp_path, monkeypatch):
+    from zsad import file_modes
+
+    target = tmp_path / "scores.json"
+    target.write_text("old complete file")
+
+    def broken_replace(source, destination):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(file_modes.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        file_modes.write_text_atomic(target, "new " * 10000)
+    assert target.read_text() == "old complete file"  # never half a file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.json"]  # no temporary left behind
+
+
+# Every subcommand: how it is called to write into a folder, or why it writes none. A new subcommand that is
+# missing here fails the test below, so it cannot forget the output-folder rule.
+FOLDER_WRITERS = {
+    "detect": lambda w: ["detect", w["images"], "--model", "zero-shot-clip", "--backbone", w["backbone"], "--out", w["full"]],
+    "evaluate": lambda w: ["evaluate", w["data"], "--model", "zero-shot-clip", "--backbone", w["backbone"], "--out", w["full"]],
+    "benchmark": lambda w: ["benchmark", "--model", "crane-mvtec", "--dataset", f"mpdd={w['data']}", "--out", w["full"]],
+    "calibrate": lambda w: ["calibrate", w["data"], "--model", "zero-shot-clip", "--backbone", w["backbone"], "--out", w["full"]],
+    "export": lambda w: ["export", "zero-shot-clip", w["full"], "--backbone", w["backbone"]],
+    "convert": lambda w: ["convert", "folder", w["folder_layout"], w["full"]],
+    "train": lambda w: ["train", "--method", "anomalyclip", "--backbone", w["backbone"], "--dataset", w["data"],
+                        "--output-dir", w["full"]],
+    "import-checkpoint": lambda w: ["import-checkpoint", "crane", w["pth"], w["full"]],
+}
+NO_FOLDER = {"models": "prints the registry", "push": "uploads to the Hub"}
+
+
+def test_every_command_that_writes_a_folder_refuses_a_non_empty_one(tiny_backbone, tmp_path, capsys):
+    subcommands = set(next(a for a in build_parser()._actions if isinstance(a.choices, dict)).choices)
+    assert subcommands == set(FOLDER_WRITERS) | set(NO_FOLDER) and len(subcommands) == len(COMMANDS)
+    from zsad.data import make_synthetic_dataset
+
+    make_synthetic_dataset(2, 2, size=28, textures=["grid"], seed=0).save_to_disk(str(tmp_path / "data"))
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("someone's file")
+    world = {"images": str(_images(tmp_path / "images", 2)), "backbone": tiny_backbone, "data": str(tmp_path / "data"),
+             "full": str(full), "pth": str(tmp_path / "file.pth"),
+             "folder_layout": str(_images(tmp_path / "parts" / "normal", 2).parent)}
+    (tmp_path / "file.pth").write_bytes(b"")
+    for name, argv in FOLDER_WRITERS.items():
+        capsys.readouterr()
+        assert main(argv(world)) == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(full) in err[0], (name, err)
+        assert "--overwrite" in err[0] or "empty" in err[0], (name, err)
+        assert sorted(p.name for p in full.iterdir()) == ["keep.txt"], name  # nothing written, no lock left
+        assert (full / "keep.txt").read_text() == "someone's file"
+
+
+@pytest.mark.parametrize("name", ["detect", "evaluate", "benchmark", "calibrate", "export"])
+def test_the_output_is_checked_before_any_model_is_loaded(name, tiny_backbone, tmp_path, capsys, monkeypatch):
+    """Observed: calibrate --out on an unwritable path failed only after 121 s of scoring. Every command
+    that loads a model now claims its output first: loading would fail this test."""
+    import importlib
+
+    module = importlib.import_module(f"zsad.commands.{name}")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before the output was checked")
+
+    monkeypatch.setattr(module, "load_detector", no_loading)
+    (tmp_path / "a-file").write_text("x")
+    world = {"images": str(_images(tmp_path / "images", 1)), "backbone": tiny_backbone, "data": str(tmp_path),
+             "full": str(tmp_path / "a-file" / "out"), "pth": "", "folder_layout": ""}
+    assert main(FOLDER_WRITERS[name](world)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write to" in err[0] and "a-file/out" in err[0], err
