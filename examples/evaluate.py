@@ -10,7 +10,6 @@ per category and their macro average), and optional heat-map samples. Single-pro
 """
 
 import sys
-from argparse import RawDescriptionHelpFormatter
 
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration
@@ -30,7 +29,7 @@ from zsad.evaluation import evaluate_datasets
 
 
 def parse_args(argv=None):
-    parser = ArgumentParser(description=__doc__, formatter_class=RawDescriptionHelpFormatter, fromfile_prefix_chars="@",
+    parser = ArgumentParser(description=__doc__, fromfile_prefix_chars="@",
                             hyphen_aliases=True)
     parser.add_argument("--model", help="a registry name (zsad models; default: crane-mvtec; zero-shot-clip is the "
                         "training-free ZeroShotCLIP), a zsad checkpoint folder or a Hub id")

@@ -29,16 +29,18 @@ def test_vit_l14_336_trainable_parameters_on_meta_device():
 )
 def test_depth_relative_defaults(vision_layers, text_layers, features, start, deep):
     config = AnomalyCLIPConfig(clip_config=tiny_clip_config(vision_layers=vision_layers, text_layers=text_layers))
-    assert config.image_size == 520  # patch 4: the multiple nearest to 518
+    assert config.image_size == 112  # 28 px native: 4x its size, not 520 (the patch-4 multiple nearest 518)
     assert (config.feature_layers, config.dense_start_layer, config.deep_prompt_layers) == (features, start, deep)
     base = zsad.ZSADConfig(clip_config=tiny_clip_config(vision_layers=vision_layers))
     quarter = max(1, round(vision_layers / 4))
     assert base.feature_layers == sorted({quarter, round(vision_layers / 2), round(3 * vision_layers / 4), vision_layers})
 
 
-@pytest.mark.parametrize(("patch", "size"), [(14, 518), (16, 512), (32, 512)])
-def test_default_image_size_is_the_patch_multiple_nearest_518(patch, size):
-    assert AnomalyCLIPConfig(clip_config=tiny_clip_config(patch_size=patch, image_size=2 * patch)).image_size == size
+@pytest.mark.parametrize(("patch", "native", "size"), [(14, 336, 518), (16, 224, 512), (32, 224, 512), (4, 28, 112),
+                                                      (14, 56, 224), (16, 96, 384)])
+def test_default_image_size_is_the_patch_multiple_nearest_518_at_most_4x_native(patch, native, size):
+    """Real backbones (224/336 px) get the reference 518 (512 for /16 and /32); small ones 4x their size."""
+    assert AnomalyCLIPConfig(clip_config=tiny_clip_config(patch_size=patch, image_size=native)).image_size == size
 
 
 def test_explicit_layer_settings_win():

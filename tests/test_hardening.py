@@ -32,10 +32,10 @@ def test_two_detect_runs_into_one_new_folder_the_second_is_refused_naming_the_ho
 
     def start(images):
         return subprocess.Popen([sys.executable, "-m", "zsad.cli", "detect", str(images), "--model", "zero-shot-clip",
-                                 "--backbone", tiny_backbone, "--image-size", "28", "--out", str(out), "--quiet"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                                 "--backbone", tiny_backbone, "--image-size", "28", "--batch-size", "1", "--out", str(out),
+                                 "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
-    first = start(_images(tmp_path / "twenty", 20))
+    first = start(_images(tmp_path / "many", 300))  # long enough to still run when the second one starts
     deadline = time.monotonic() + 60
     while not (out / ".zsad-lock.json").exists() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -47,9 +47,9 @@ def test_two_detect_runs_into_one_new_folder_the_second_is_refused_naming_the_ho
     lines = second_err.strip().splitlines()
     assert len(lines) == 1 and str(out.resolve()) in lines[0] and "in use by zsad detect" in lines[0]
     assert f"pid {first.pid}" in lines[0]
-    assert "scored 20 image(s)" in first_out
+    assert "scored 300 image(s)" in first_out
     rows = (out / "scores.csv").read_text().strip().splitlines()
-    assert len(rows) == 1 + 20  # the first run's results, whole
+    assert len(rows) == 1 + 300  # the first run's results, whole
     assert not (out / ".zsad-lock").exists() and not (out / ".zsad-lock.json").exists()  # released at exit
 
 
@@ -126,3 +126,55 @@ def test_the_output_is_checked_before_any_model_is_loaded(name, tiny_backbone, t
     assert main(FOLDER_WRITERS[name](world)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot write to" in err[0] and "a-file/out" in err[0], err
+
+
+def test_detect_saves_maps_and_masks_at_each_images_size(tiny_backbone, tmp_path, capsys):
+    import torch
+    import torch.nn.functional as F
+
+    from zsad import ZeroShotCLIPModel, ZSADImageProcessor
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 44, 3), dtype=np.uint8)).save(images / "wide.png")
+    model = ZeroShotCLIPModel.from_backbone(tiny_backbone, image_size=28).eval()
+    model.config.pixel_threshold = 0.45
+    model.save_pretrained(tmp_path / "thresholded")
+    argv = ["detect", str(images), "--model", str(tmp_path / "thresholded"), "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "npy"), "--save-maps", "npy", "--save-masks"]) == 0
+    assert main([*argv, "--out", str(tmp_path / "png"), "--save-maps", "png"]) == 0
+    with torch.no_grad():
+        raw = model(ZSADImageProcessor(image_size=28)([Image.open(images / "wide.png")])["pixel_values"]).anomaly_maps
+    expected = F.interpolate(raw[:, None], size=(30, 44), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1).numpy()
+    saved = np.load(tmp_path / "npy" / "maps" / "wide.npy")
+    assert saved.dtype == np.float16 and saved.shape == (30, 44)
+    assert np.abs(saved.astype(np.float32) - expected).max() < 1e-3
+    sixteen = np.asarray(Image.open(tmp_path / "png" / "maps" / "wide.png"))
+    assert sixteen.shape == (30, 44) and sixteen.dtype.itemsize == 2
+    assert np.abs(sixteen / 65535 - expected).max() < 1e-4
+    mask = np.asarray(Image.open(tmp_path / "npy" / "masks" / "wide.png"))
+    assert mask.shape == (30, 44) and set(np.unique(mask)) <= {0, 255}
+    assert np.array_equal(mask == 255, expected >= 0.45) or np.mean((mask == 255) != (expected >= 0.45)) < 0.01
+
+    ZeroShotCLIPModel.from_backbone(tiny_backbone, image_size=28).save_pretrained(tmp_path / "plain")
+    capsys.readouterr()
+    assert main(["detect", str(images), "--model", str(tmp_path / "plain"), "--out", str(tmp_path / "no"),
+                 "--save-masks", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--save-masks" in err[0] and "zsad calibrate" in err[0]
+
+
+def test_folder_search_finds_gifs(tiny_backbone, tmp_path):
+    """Observed: a folder of GIFs gave "no images" although PIL reads them."""
+    from zsad.commands.detect import find_images
+
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "a.gif")
+    (tmp_path / "notes.h5").write_bytes(b"not an image")
+    assert find_images([str(tmp_path)]) == [tmp_path / "a.gif"]
+
+
+def test_train_help_lists_each_option_once(capsys):
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--output-dir" in out and "--output_dir OUTPUT_DIR" not in out and "--output_dir," not in out
+    assert out.count("--train-batch-size") == 2  # the usage line and the options list

@@ -45,6 +45,9 @@ VIT_L14_336_CLIP_CONFIG: dict[str, Any] = {
 POS_EMBED_INTERPOLATIONS = ("bicubic", "bilinear")
 IMAGE_SCORES = ("global", "joint")
 REFERENCE_IMAGE_SIZE = 518  # 37 x 37 patches of 14 px
+# The default input size is at most this multiple of the backbone's native size: a small (test) backbone
+# gets a size that fits it (112 px for a 28 px one), not 518 px at a 17x cost per image.
+MAX_DEFAULT_UPSCALE = 4
 
 
 def relative_layer(depth: int, fraction: float) -> int:
@@ -67,7 +70,8 @@ class ZSADConfig(PreTrainedConfig):
         clip_config: the backbone architecture (`CLIPConfig` or dict); defaults to ViT-L/14@336.
         save_backbone: save the CLIP weights inside checkpoints (air-gapped use) instead of the id only.
         image_size: input resolution (square); defaults to the multiple of the patch size nearest to 518
-            (518 for the /14 backbones of all reference code, 512 for /16).
+            (518 for the /14 backbones of all reference code, 512 for /16), at most 4x the backbone's
+            native size (a 28 px test backbone gets 112).
         feature_layers: vision layers whose patch tokens produce anomaly maps (dense-stream tokens from
             `dense_start_layer` on, plain CLIP tokens before it).
         dense_attention: dense self-correlation on the second stream (`vv`, `kk`, `qq`, `qq+kk`,
@@ -145,7 +149,8 @@ class ZSADConfig(PreTrainedConfig):
         depth = self.vision_depth
         if self.image_size is None:
             patch = self.clip_config.vision_config.patch_size
-            self.image_size = patch * max(1, round(REFERENCE_IMAGE_SIZE / patch))
+            native = self.clip_config.vision_config.image_size
+            self.image_size = patch * max(1, round(min(REFERENCE_IMAGE_SIZE, MAX_DEFAULT_UPSCALE * native) / patch))
         if self.feature_layers is None:
             self.feature_layers = sorted({relative_layer(depth, f) for f in self.default_feature_fractions})
         self.feature_layers = [int(layer) for layer in self.feature_layers]

@@ -42,15 +42,27 @@ class CommandError(Exception):
     """A user-facing failure: printed as one line, exit code 2."""
 
 
+class OneSpellingHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Lists an option under its first spelling only (`--output-dir`, not also `--output_dir`)."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings or len(action.option_strings) == 1:
+            return super()._format_action_invocation(action)
+        shown = argparse.Action([action.option_strings[0]], action.dest, nargs=action.nargs, metavar=action.metavar)
+        return super()._format_action_invocation(shown)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line errors (`prog: error: ... (see prog --help)`), exit status 2.
 
-    With `hyphen_aliases=True`, every `--snake_case` option also accepts `--snake-case` (shown first in
-    the help), so the example scripts and `zsad` share one flag style and old spellings keep working.
+    With `hyphen_aliases=True`, every `--snake_case` option also accepts `--snake-case` (shown first, and
+    alone, in the help), so the example scripts and `zsad` share one flag style and old spellings keep working.
     """
 
     def __init__(self, *args, hyphen_aliases: bool = False, **kwargs) -> None:
         self.hyphen_aliases = hyphen_aliases  # before argparse adds -h/--help
+        if hyphen_aliases:
+            kwargs.setdefault("formatter_class", OneSpellingHelpFormatter)
         super().__init__(*args, **kwargs)
 
     def add_argument(self, *names, **kwargs):  # type: ignore[override]

@@ -19,7 +19,6 @@ from ..visualize import MAP_SCALES
 from .common import CommandError, prepare_output_dir, resolve_device
 from .loading import add_model_options, check_sources, load_detector
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 # Overlays (and the decoded images behind them) are kept within this size; JPEGs decode at a reduced
 # scale directly (PIL draft mode), so a 50-megapixel photo never reaches memory at full size.
 MAX_OVERLAY_SIDE = 2048
@@ -27,7 +26,10 @@ SCORE_FIELDS = ["image", "status", "score", "label", "overlay", "message"]
 
 
 def find_images(inputs: Sequence[str]) -> list[Path]:
-    """Expand files, folders (recursively) and glob patterns into a sorted, de-duplicated list of images."""
+    """Expand files, folders (recursively) and glob patterns into a sorted, de-duplicated list of images
+    (`zsad.data.layouts.IMAGE_EXTENSIONS`: the raster formats PIL decodes, GIF included)."""
+    from ..data.layouts import IMAGE_EXTENSIONS
+
     found: dict[Path, None] = {}
     for item in inputs:
         matches = [Path(m) for m in glob.glob(item, recursive=True)] if glob.has_magic(item) else [Path(item)]
@@ -97,6 +99,8 @@ def _detect_settings(args: argparse.Namespace, image_size_: int) -> dict:
         settings["normal_references"] = str(Path(args.normal_references).resolve())
     if args.class_name:
         settings["class_name"] = args.class_name
+    if args.save_maps or args.save_masks:
+        settings.update(save_maps=args.save_maps, save_masks=args.save_masks)
     return settings
 
 
@@ -120,6 +124,32 @@ def _finished_rows(out_dir: Path, settings: dict) -> dict[str, dict]:
         for row in rows
         if row.get("status") == "unreadable" or (row.get("status") == "ok" and (out_dir / row.get("overlay", "")).is_file())
     }
+
+
+def save_map_files(out_dir: Path, name: str, anomaly_map, size: tuple[int, int], processor, args: argparse.Namespace,
+                   pixel_threshold: float | None) -> None:
+    """`--save-maps`: the map at the image's size, `maps/<name>.npy` (float16) or `maps/<name>.png` (16-bit,
+    the probability times 65535); `--save-masks`: `masks/<name>.png`, 255 where the map reaches the pixel
+    threshold. `name` is the overlay's file name."""
+    if not (args.save_maps or args.save_masks):
+        return
+    import numpy as np
+    from PIL import Image
+
+    from ..modeling_outputs import exceeds
+
+    resized = processor.post_process_anomaly_maps(anomaly_map[None], [size])[0].clamp(0, 1)
+    stem = Path(name).stem
+    if args.save_maps:
+        (out_dir / "maps").mkdir(exist_ok=True)
+        if args.save_maps == "npy":
+            np.save(out_dir / "maps" / f"{stem}.npy", resized.numpy().astype(np.float16))
+        else:
+            Image.fromarray(np.rint(resized.numpy() * 65535).astype(np.uint16)).save(out_dir / "maps" / f"{stem}.png")
+    if args.save_masks:
+        (out_dir / "masks").mkdir(exist_ok=True)
+        mask = exceeds(resized, pixel_threshold).numpy().astype(np.uint8) * 255
+        Image.fromarray(mask, mode="L").save(out_dir / "masks" / f"{stem}.png")
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
@@ -163,6 +193,9 @@ def run(args: argparse.Namespace) -> int:
         model.set_class_names([args.class_name])
     if args.normal_references:
         set_reference_folder(model, args.normal_references, size, args.class_name)
+    if args.save_masks and model.config.pixel_threshold is None:
+        raise CommandError(f"--save-masks: {settings_model(args)} has no pixel threshold; set one with zsad calibrate "
+                           "(or save the maps with --save-maps and threshold them yourself)")
     settings = _detect_settings(args, size)
     overlay_dir = out_dir / "overlays"
     overlay_dir.mkdir(exist_ok=True)
@@ -204,6 +237,8 @@ def run(args: argparse.Namespace) -> int:
                     labels = [None] * len(kept) if output.pred_labels is None else [LABELS[i] for i in output.pred_labels.tolist()]
                     for path, image, score, label, anomaly_map in zip(kept, images, scores, labels, output.anomaly_maps.float().cpu()):
                         overlay = (Path("overlays") / names[path]).as_posix()
+                        save_map_files(out_dir, names[path], anomaly_map, image.size[::-1], processor, args,
+                                       model.config.pixel_threshold)
                         report.add(path, image, anomaly_map, score, label, overlay)
                         rows[str(path)] = {"image": str(path), "status": "ok", "score": repr(score),
                                            "label": label or "", "overlay": overlay, "message": ""}
@@ -257,5 +292,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--class-name", metavar="NAME",
                         help="what the images show (e.g. metal_nut, written 'metal nut' in the prompts): class-aware "
                         "models (zero-shot-clip, winclip, AdaCLIP) prompt with it instead of 'object'")
+    parser.add_argument("--save-maps", choices=["npy", "png"],
+                        help="also save each anomaly map at its image's size: maps/<name>.npy (float16) or "
+                        "maps/<name>.png (16-bit, probability x 65535)")
+    parser.add_argument("--save-masks", action="store_true",
+                        help="also save each binary mask (map >= the model's pixel threshold, from zsad calibrate) "
+                        "at its image's size: masks/<name>.png")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

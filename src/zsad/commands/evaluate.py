@@ -36,9 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("datasets", nargs="+", help="folders written by `zsad convert`, parquet, imagefolder or Hub ids")
     parser.add_argument("--out", default="zsad_eval", help="output folder, empty or new (default: zsad_eval)")
     add_model_options(parser)
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--categories", nargs="+")
-    parser.add_argument("--aupro", choices=["exact", "binned", "cflow"], default="exact")
+    parser.add_argument("--split", default="test", help="the split to evaluate (default: test)")
+    parser.add_argument("--categories", nargs="+", metavar="NAME", help="evaluate these categories only (default: all)")
+    parser.add_argument("--aupro", choices=["exact", "binned", "cflow"], default="exact",
+                        help="AUPRO: exact (default), binned (constant memory) or cflow (the 200-threshold variant "
+                        "of the AnomalyCLIP/Crane papers); docs/metrics.md")
     parser.add_argument("--report-cflow", action="store_true", help="also report the paper-comparable cflow AUPRO")
     parser.add_argument("--heatmaps-per-category", type=non_negative_int, default=0, metavar="N",
                         help="save N overlays per category, anomalous and normal images alike")

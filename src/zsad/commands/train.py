@@ -24,7 +24,7 @@ import shlex
 import shutil
 import signal
 import sys
-from argparse import Namespace, RawDescriptionHelpFormatter
+from argparse import Namespace
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -57,7 +57,7 @@ def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> Na
     """The training options, with the method's defaults filled in (`prog` names the command in errors)."""
     from ..training import get_model_class, parse_config_overrides, trainable_methods
 
-    parser = ArgumentParser(prog=prog, description=__doc__, formatter_class=RawDescriptionHelpFormatter,
+    parser = ArgumentParser(prog=prog, description=__doc__,
                             fromfile_prefix_chars="@", hyphen_aliases=True)
     parser.add_argument("--method", required=True, help=f"one of: {', '.join(trainable_methods())}")
     parser.add_argument("--backbone", default="openai/clip-vit-large-patch14-336", help="CLIP id or folder")

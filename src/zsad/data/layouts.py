@@ -21,9 +21,13 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import ConversionError, DataWarning, PathLike
+
 from .schema import ANOMALY, LABEL_ALIASES, NORMAL, NORMAL_DEFECT_TYPE
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+# The raster formats PIL decodes by itself: what the folder searches of `zsad detect`, the converters and
+# the few-shot reference folders pick up (not PIL's stub formats such as .h5 or .grib, which it cannot load).
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".gif",
+                              ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".jp2", ".j2k", ".ico"})
 NORMAL_FOLDER_NAMES: tuple[str, ...] = ("good", "ok", "normal")
 MASK_SUFFIXES: tuple[str, ...] = ("_mask", "-mask")
 FOLDER_NORMAL_CANDIDATES: tuple[str, ...] = ("normal", "good", "ok")

@@ -23,7 +23,7 @@ import yaml
 from huggingface_hub import CommitOperationAdd, HfApi
 
 # Training by-products that must never be published.
-IGNORE_PATTERNS = ["checkpoints/*", "logs/*", "*.pkl", "*.bin", "*.pt", "*.pth"]
+IGNORE_PATTERNS = ["checkpoints/*", "logs/*", "*.pkl", "*.bin", "*.pt", "*.pth", ".zsad-lock*", ".zsad-write-test-*"]
 MODEL_FILES = ("config.json", "model.safetensors", "README.md", "modeling_zsad.py")
 REPO_PLACEHOLDER = "<this repository>"  # the model card's stand-in for the repository id
 
