@@ -178,3 +178,65 @@ def test_train_help_lists_each_option_once(capsys):
     out = capsys.readouterr().out
     assert "--output-dir" in out and "--output_dir OUTPUT_DIR" not in out and "--output_dir," not in out
     assert out.count("--train-batch-size") == 2  # the usage line and the options list
+
+
+def test_sigterm_stops_training_like_ctrl_c_with_a_checkpoint_and_the_resume_command(tiny_backbone, tmp_path):
+    """Schedulers and `timeout` send SIGTERM: training saves its state and prints how to resume."""
+    import signal
+
+    from zsad.data import make_synthetic_dataset
+
+    make_synthetic_dataset(4, 4, size=28, textures=["grid"], seed=0).save_to_disk(str(tmp_path / "data"))
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "zsad.cli", "train", "--method", "anomalyclip", "--backbone", tiny_backbone, "--dataset",
+         str(tmp_path / "data"), "--image-size", "28", "--train-batch-size", "2", "--checkpointing-steps", "1000",
+         "--max-train-steps", "100000", "--output-dir", str(out)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    try:
+        log = out / "train_log.jsonl"
+        deadline = time.monotonic() + 120
+        while process.poll() is None and not (log.is_file() and log.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr[-2000:]
+    message = stderr.strip().splitlines()[-1]
+    assert message.startswith("zsad train: interrupted at step") and "state saved in" in message
+    assert "zsad train" in message.split("to resume:")[1] and "--resume_from_checkpoint latest" in message
+    stopped = int(message.split("interrupted at step ")[1].split(";")[0])
+    saved = [p for p in (out / "checkpoints").iterdir() if (p / "zsad_training_state.json").is_file()]
+    assert len(saved) == 1
+    assert json_load(saved[0] / "zsad_training_state.json")["global_step"] == stopped
+
+
+def json_load(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
+
+
+def test_sigterm_stops_detect_like_ctrl_c_keeping_the_finished_rows(tiny_backbone, tmp_path):
+    import signal
+
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "zsad.cli", "detect", str(_images(tmp_path / "images", 400)), "--model", "zero-shot-clip",
+         "--backbone", tiny_backbone, "--image-size", "28", "--batch-size", "1", "--out", str(out), "--quiet"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        scores = out / "scores.csv"
+        while process.poll() is None and not (scores.is_file() and scores.read_text().count("\n") >= 5) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr[-2000:]
+    assert "to continue, run the same command with --resume" in stderr
+    assert scores.read_text().count("\n") >= 5  # the rows scored before the signal are kept

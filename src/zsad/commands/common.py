@@ -16,9 +16,11 @@ import atexit
 import functools
 import json
 import os
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import traceback
 import warnings
 from collections.abc import Callable
@@ -316,9 +318,24 @@ def _show_warning_line(message, category, filename, lineno, file=None, line=None
     print(f"warning: {message}", file=sys.stderr if file is None else file)
 
 
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def terminate_like_ctrl_c() -> Any:
+    """SIGTERM (from a scheduler, `timeout`, `kill`) raises KeyboardInterrupt, as Ctrl-C does, so every
+    command stops the way it stops on Ctrl-C (detect keeps its finished rows and prints the --resume
+    command; train saves a checkpoint). Only in the main thread, where Python runs signal handlers; returns
+    the previous handler (None elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+
 def run_command(prog: str, func: Callable[[], int | None], *, debug: bool = False) -> int:
     """Run `func` under the error contract; returns the exit status (0, 1 for a bug, 2, 130 on Ctrl-C)."""
     _RUNNING["prog"] = prog
+    previous_sigterm = terminate_like_ctrl_c()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
@@ -338,3 +355,6 @@ def run_command(prog: str, func: Callable[[], int | None], *, debug: bool = Fals
         print(f"{prog}: internal error: {type(error).__name__}: {first_line(error)}"
               f"{'' if debug else ' (run again with --debug for the traceback)'}", file=sys.stderr)
         return 1
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)

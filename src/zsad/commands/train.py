@@ -153,17 +153,24 @@ def resume_command(argv: Sequence[str], launcher: Sequence[str]) -> str:
 
 
 def deferred_interrupt() -> dict:
-    """Make Ctrl-C stop training at the end of the current step (the loop checks `["requested"]`), so the
-    saved state and train_log.jsonl agree; a second Ctrl-C interrupts at once."""
-    stop = {"requested": False, "previous": signal.getsignal(signal.SIGINT)}
+    """Make Ctrl-C and SIGTERM (what schedulers and `timeout` send) stop training at the end of the current
+    step (the loop checks `["requested"]`), so the saved state and train_log.jsonl agree; a second signal
+    interrupts at once."""
+    stop = {"requested": False, "previous": {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}}
 
     def request(signum, frame):
         if stop["requested"]:
             raise KeyboardInterrupt
         stop["requested"] = True
 
-    signal.signal(signal.SIGINT, request)
+    for signum in stop["previous"]:
+        signal.signal(signum, request)
     return stop
+
+
+def restore_signals(stop: dict) -> None:
+    for signum, handler in stop["previous"].items():
+        signal.signal(signum, handler)
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None,
@@ -297,14 +304,14 @@ def train(args: Namespace, *, prog: str, resume: str) -> int | None:
                 if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps:
                     save_checkpoint(accelerator, global_step, epoch)
                     saved_step = global_step
-                if stop["requested"]:  # Ctrl-C: stop between steps, with the log and the state in agreement
+                if stop["requested"]:  # Ctrl-C or SIGTERM: stop between steps, the log and the state in agreement
                     raise KeyboardInterrupt
                 if global_step >= max_train_steps:
                     break
             if global_step >= max_train_steps:
                 break
     except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, stop["previous"])
+        restore_signals(stop)
         progress.close()
         if global_step == 0:
             accelerator.print(f"{prog}: interrupted before the first step; nothing to save", file=sys.stderr)
@@ -313,7 +320,7 @@ def train(args: Namespace, *, prog: str, resume: str) -> int | None:
         accelerator.print(f"{prog}: interrupted at step {global_step}; state saved in {saved}; to resume: {resume}",
                           file=sys.stderr)
         return 130
-    signal.signal(signal.SIGINT, stop["previous"])
+    restore_signals(stop)
     progress.close()
 
     accelerator.wait_for_everyone()
