@@ -155,7 +155,7 @@ def test_shared_prompts_are_the_same_for_every_image(tiny_backbone):
         ({"lora_rank": 0}, "lora_rank"),
         ({"daka_mix": -1.0}, "daka_mix"),
         ({"daka_routing": "patch"}, "daka_routing"),
-        ({"project_daka_layers": "yes"}, "project_daka_layers must be True or False"),
+        ({"project_daka_layers": "yes"}, "config field project_daka_layers must be bool; got 'yes'"),
         ({"project_daka_layers": True, "daka_layers": [4]}, r"project_daka_layers .* daka_layers \[4\] has none outside"),
         ({"project_daka_layers": True, "daka_layers": []}, "project_daka_layers reads out the DAKA layers"),
     ],

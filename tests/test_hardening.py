@@ -240,3 +240,54 @@ def test_sigterm_stops_detect_like_ctrl_c_keeping_the_finished_rows(tiny_backbon
     assert process.returncode == 130, stderr[-2000:]
     assert "to continue, run the same command with --resume" in stderr
     assert scores.read_text().count("\n") >= 5  # the rows scored before the signal are kept
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    ("image_size", "56", "config field image_size must be int | None; got '56' (str)"),
+    ("deep_prompt_length", "many", "config field deep_prompt_length must be int; got 'many' (str)"),
+    ("feature_layers", [4, "last"], "config field feature_layers must be"),
+])
+def test_a_saved_config_value_of_the_wrong_type_is_one_line_naming_file_field_and_value(
+        field, value, expected, tiny_backbone, tmp_path, capsys):
+    """Observed: `image_size: "56"` in config.json ended as exit 1 'internal error: TypeError'."""
+    import json
+
+    from zsad import AnomalyCLIPModel
+
+    AnomalyCLIPModel.from_backbone(tiny_backbone, image_size=28).save_pretrained(tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "config.json"
+    config = json.loads(path.read_text())
+    config[field] = value
+    path.write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(["detect", str(_images(tmp_path / "images", 1)), "--model", str(tmp_path / "ckpt"),
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(path) in err[0] and expected in err[0], err
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("num_context_tokens=\"many\"", "--model-config: config field num_context_tokens must be int; got 'many'"),
+    ("num_context_token=3", "num_context_token is not a field of AnomalyCLIPConfig; did you mean num_context_tokens?"),
+    ("bogus_key=3", "bogus_key is not a field of AnomalyCLIPConfig"),
+])
+def test_model_config_overrides_are_typed_and_closed(override, expected, tmp_path, capsys):
+    """Observed: a misspelled --model-config bogus_key=3 was accepted and saved into the checkpoint."""
+    assert main(["train", "--method", "anomalyclip", "--dataset", str(tmp_path), "--output-dir", str(tmp_path / "o"),
+                 "--model-config", override]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+    assert not (tmp_path / "o").exists()  # refused before any work
+
+
+def test_an_unknown_field_in_a_saved_config_loads_with_a_warning(tiny_backbone, tmp_path):
+    import json
+
+    from zsad import AnomalyCLIPModel
+
+    AnomalyCLIPModel.from_backbone(tiny_backbone, image_size=28).save_pretrained(tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "feature_from_the_future": 1}))
+    with pytest.warns(UserWarning, match="feature_from_the_future"):
+        model = AnomalyCLIPModel.from_pretrained(tmp_path / "ckpt")
+    assert model.config.image_size == 28

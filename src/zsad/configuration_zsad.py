@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import copy
+import difflib
+import functools
 import math
-from typing import Any, ClassVar
+import sys
+import types
+import typing
+import warnings
+from typing import Any, ClassVar, Union
 
 from transformers import CLIPConfig, PreTrainedConfig
 from transformers.activations import ACT2FN
@@ -50,9 +56,45 @@ REFERENCE_IMAGE_SIZE = 518  # 37 x 37 patches of 14 px
 MAX_DEFAULT_UPSCALE = 4
 
 
+class ConfigFieldError(ValueError):
+    """A config field of the wrong type, or an unknown field: names the field, the value and what it takes."""
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether `value` (as a Python or JSON value) fits the annotation `hint`; lists and tuples are
+    interchangeable (JSON has only lists), an int is a float, a bool is neither."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin in (list, tuple) or hint in (list, tuple):
+        args = [arg for arg in typing.get_args(hint) if arg is not Ellipsis]
+        return isinstance(value, (list, tuple)) and all(_matches(item, args[0]) for item in value) if args else isinstance(value, (list, tuple))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _hint_text(hint: Any) -> str:
+    return getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
 def relative_layer(depth: int, fraction: float) -> int:
     """1-indexed layer at `fraction` of `depth` (rounded half up, at least 1)."""
     return max(1, min(depth, math.floor(depth * fraction + 0.5)))
+
+
+@functools.cache
+def _transformers_config_keys() -> frozenset[str]:
+    """The keys transformers itself writes into any config.json (`architectures`, `auto_map`, `dtype`, ...)."""
+    return frozenset(PreTrainedConfig().to_dict()) | {"auto_map", "architectures", "transformers_version", "_name_or_path"}
 
 
 class ZSADConfig(PreTrainedConfig):
@@ -131,12 +173,47 @@ class ZSADConfig(PreTrainedConfig):
     reference_fusion: str = "mean"
 
     @classmethod
+    @functools.cache
+    def field_types(cls) -> dict[str, Any]:
+        """`{field: annotation}` of every field zsad declares on this config class (not the ClassVars)."""
+        hints: dict[str, Any] = {}
+        for klass in reversed([k for k in cls.__mro__ if isinstance(k, type) and issubclass(k, ZSADConfig)]):
+            namespace = vars(sys.modules[klass.__module__])  # each class's own annotations, in its own module
+            for name, annotation in vars(klass).get("__annotations__", {}).items():
+                hints[name] = eval(annotation, namespace) if isinstance(annotation, str) else annotation  # noqa: S307
+        return {name: hint for name, hint in sorted(hints.items()) if typing.get_origin(hint) is not ClassVar}
+
+    @classmethod
+    def check_fields(cls, values: dict[str, Any], *, unknown_ok: bool = False) -> None:
+        """Raise `ConfigFieldError` for a value of the wrong type, or (unless `unknown_ok`) for a name that is
+        not a field, suggesting the closest one."""
+        fields = cls.field_types()
+        for name, value in values.items():
+            if name not in fields:
+                if unknown_ok:
+                    continue
+                close = difflib.get_close_matches(name, fields, n=1)
+                hint = f"; did you mean {close[0]}?" if close else f"; the fields are {', '.join(fields)}"
+                raise ConfigFieldError(f"{name} is not a field of {cls.__name__}{hint}")
+            if not _matches(value, fields[name]):
+                raise ConfigFieldError(f"config field {name} must be {_hint_text(fields[name])}; got {value!r} ({type(value).__name__})")
+
+    @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs):
-        """`PreTrainedConfig.from_dict`, with `legacy_defaults` for the fields a saved config lacks."""
+        """`PreTrainedConfig.from_dict`, with `legacy_defaults` for the fields a saved config lacks, and a
+        warning (not an error: a newer zsad may have written it) for fields this version does not know."""
+        unknown = sorted(set(config_dict) - set(cls.field_types()) - _transformers_config_keys())
+        if unknown:
+            warnings.warn(f"the saved {cls.__name__} has field(s) this zsad does not know, ignored: {', '.join(unknown)} "
+                          "(written by a newer zsad?)", stacklevel=2)
         missing = {key: value for key, value in cls.legacy_defaults.items() if key not in config_dict}
         return super().from_dict({**config_dict, **missing}, **kwargs)
 
+    def _check_field_types(self) -> None:
+        self.check_fields({name: getattr(self, name, None) for name in self.field_types()})
+
     def __post_init__(self, **kwargs):
+        self._check_field_types()
         if self.clip_config is None:
             self.clip_config = CLIPConfig(**VIT_L14_336_CLIP_CONFIG)
         super().__post_init__(**kwargs)

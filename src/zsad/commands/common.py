@@ -306,7 +306,8 @@ def user_error_message(error: BaseException) -> str | None:
     if isinstance(error, OSError):  # files, disks, network: the message names the path or host
         return first_line(error)
     # zsad's own input errors; their modules are loaded whenever they can have been raised.
-    for module, name in (("zsad.data.errors", "DataError"), ("zsad.clip.processing", "ImageLoadError")):
+    for module, name in (("zsad.data.errors", "DataError"), ("zsad.clip.processing", "ImageLoadError"),
+                         ("zsad.configuration_zsad", "ConfigFieldError")):
         error_class = getattr(sys.modules.get(module), name, None)
         if error_class is not None and isinstance(error, error_class):
             return first_line(error)

@@ -56,6 +56,11 @@ def check_checkpoint_folder(folder: Path) -> dict:
     if model_type not in known:
         raise CommandError(f"{config_path} has model_type {model_type!r}, which is not a zsad model "
                            f"({', '.join(known)}); pass a zsad checkpoint, or upgrade zsad if it is newer")
+    config_class = next(cls.config_class for cls in MODEL_CLASSES.values() if cls.config_class.model_type == model_type)
+    try:
+        config_class.check_fields(config, unknown_ok=True)  # unknown fields only warn, when loading
+    except ValueError as error:
+        raise CommandError(f"{config_path}: {error}; fix the value or re-save the checkpoint") from None
     weights = folder / "model.safetensors"
     if not weights.is_file() and not (folder / "model.safetensors.index.json").is_file():
         raise CommandError(f"{folder} has no model.safetensors; re-save or re-download the checkpoint")

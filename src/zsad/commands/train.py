@@ -99,6 +99,10 @@ def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> Na
         args.model_config = parse_config_overrides(args.model_config)
     except ValueError as error:
         parser.error(str(error))
+    try:
+        args.model_class.config_class.check_fields(args.model_config)  # names and types, before any work
+    except ValueError as error:
+        parser.error(f"--model-config: {error}")
     defaults = args.model_class.config_class.training_defaults
     args.train_batch_size = defaults["batch_size"] if args.train_batch_size is None else args.train_batch_size
     args.num_train_epochs = defaults["num_epochs"] if args.num_train_epochs is None else args.num_train_epochs

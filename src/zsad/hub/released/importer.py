@@ -25,7 +25,16 @@ from ..model_card import write_model_card
 from . import adaclip, anomalyclip_crane
 from .cards import model_class, released_card_kwargs
 from .safe_loading import CheckpointImportError, check_layout, load_released_file
-from .variants import ADACLIP_PREFIX, ADACLIP_TAPS, NUM_DEEP_LAYERS, RELEASED_METHODS, SOURCES, TRAINED_ON_CHOICES, ReleasedVariant
+from .variants import (
+    ADACLIP_PREFIX,
+    ADACLIP_TAPS,
+    NUM_DEEP_LAYERS,
+    REFERENCE_SIZE,
+    RELEASED_METHODS,
+    SOURCES,
+    TRAINED_ON_CHOICES,
+    ReleasedVariant,
+)
 
 
 @dataclass
@@ -98,6 +107,8 @@ def build_config(variant: ReleasedVariant, backbone: str, clip_config: dict, tok
     cls = model_class(variant.kind)
     depth = clip_config["vision_config"]["num_hidden_layers"]
     settings = variant.config_settings(depth)
+    patch = clip_config["vision_config"]["patch_size"]
+    settings["image_size"] = patch * max(1, round(REFERENCE_SIZE / patch))  # 518 on the /14 backbones
     if variant.kind == "crane+":
         from ...models.crane.configuration_crane import DEFAULT_DINO_BACKBONE
 

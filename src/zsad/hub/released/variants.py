@@ -37,6 +37,7 @@ ADACLIP_DEPTH = 4
 ADACLIP_LENGTH = 5
 ADACLIP_TAPS = 4
 ADACLIP_PREFIX = "clip_model."
+REFERENCE_SIZE = 518  # every reference test script's input size, whatever the backbone's native size
 
 # Known training sets: --trained-on value -> name in cards.
 TRAINED_ON_NAMES = {
@@ -125,7 +126,7 @@ class ReleasedVariant:
             taps = sorted({relative_layer(vision_depth, f) for f in (0.25, 0.5, 0.75, 1.0)})
             return {
                 "feature_layers": taps, "prompt_depth": ADACLIP_DEPTH, "prompt_length": ADACLIP_LENGTH,
-                "backbone_hidden_act": "gelu", "hybrid_semantic_fusion": True,
+                "backbone_hidden_act": "gelu", "hybrid_semantic_fusion": True
             }
         settings: dict[str, Any] = {"feature_layers": [vision_depth], "backbone_hidden_act": "quick_gelu"}
         if self.kind == "anomalyclip":

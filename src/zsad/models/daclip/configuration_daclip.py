@@ -134,8 +134,6 @@ class DACLIPConfig(AnomalyCLIPConfig):
                 raise ValueError(
                     f"daka_layers must be within the dense stream, {self.dense_start_layer}..{depth}; got {bad}"
                 )
-        if not isinstance(self.project_daka_layers, bool):
-            raise ValueError(f"project_daka_layers must be True or False; got {self.project_daka_layers!r}")
         if self.project_daka_layers and not self.projected_daka_layers:
             raise ValueError(
                 f"project_daka_layers reads out the DAKA layers that are not feature layers; daka_layers "
