@@ -291,3 +291,29 @@ def test_an_unknown_field_in_a_saved_config_loads_with_a_warning(tiny_backbone, 
     with pytest.warns(UserWarning, match="feature_from_the_future"):
         model = AnomalyCLIPModel.from_pretrained(tmp_path / "ckpt")
     assert model.config.image_size == 28
+
+
+@pytest.mark.parametrize("case", ["python_api", "import_checkpoint", "crane_plus_dino"])
+def test_without_the_hub_every_download_fails_within_seconds_with_the_recipe(case, tiny_backbone, tmp_path):
+    """Observed: the Python API and `zsad import-checkpoint` without --backbone spent ~50 s in retries; Crane+'s
+    DINOv2 download failed after 23 s with no recipe. No HF_HUB_OFFLINE here: the Hub simply does not answer."""
+    code = {
+        "python_api": "from zsad import ZeroShotCLIPModel\nZeroShotCLIPModel.from_backbone('openai/clip-vit-large-patch14-336')",
+        "import_checkpoint": f"import sys\nfrom zsad.cli import main\nsys.exit(main(['import-checkpoint', 'crane', "
+                             f"{str(tmp_path / 'trained_on_mvtec_crane' / 'epoch_5.pth')!r}, {str(tmp_path / 'out')!r}]))",
+        "crane_plus_dino": f"from zsad import CraneModel\nCraneModel.from_backbone({tiny_backbone!r}, dino_attention=True)",
+    }[case]
+    released = ROOT.parent / "shared" / "checkpoints" / "crane" / "trained_on_mvtec_crane" / "epoch_5.pth"
+    if case == "import_checkpoint":
+        if not released.is_file():
+            pytest.skip("../shared is absent")
+        (tmp_path / "trained_on_mvtec_crane").mkdir()
+        (tmp_path / "trained_on_mvtec_crane" / "epoch_5.pth").write_bytes(released.read_bytes())
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}  # nothing listens there
+    env.pop("HF_HUB_OFFLINE", None)
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    elapsed = time.monotonic() - start
+    assert result.returncode != 0 and elapsed < 15, (elapsed, result.stderr[-1500:])
+    assert "no connection to http://127.0.0.1:9" in result.stderr
+    assert "python -m zsad.testing --out DIR" in result.stderr or "DIR with a local copy" in result.stderr

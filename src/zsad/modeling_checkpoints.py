@@ -22,6 +22,7 @@ from .configuration_zsad import ZSADConfig
 from .errors import first_line
 from .file_modes import follow_umask, save_safetensors
 from .hub.model_card import write_model_card
+from .hub.offline import ensure_downloadable
 from .hub.remote_code import IMAGE_PROCESSOR_AUTO_MAP, write_remote_code_shim
 
 
@@ -168,6 +169,7 @@ def load_clip(backbone_id: str, dtype: torch.dtype | None) -> CLIPModel:
 
 
 def _load_pretrained(model_class: type[PreTrainedModel], backbone_id: str, dtype: torch.dtype | None, what: str):
+    ensure_downloadable(backbone_id, what=what)  # seconds, not a minute of retries, without the Hub
     try:
         return model_class.from_pretrained(backbone_id, dtype=dtype if dtype is not None else torch.float32)
     except (OSError, ValueError) as error:
@@ -184,6 +186,7 @@ def _copy_weights(module: nn.Module, pretrained: nn.Module, backbone_id: str, na
 
 
 def load_tokenizer(backbone_id: str):
+    ensure_downloadable(backbone_id, what="CLIP backbone (its tokenizer)", filename="tokenizer_config.json")
     try:
         return AutoTokenizer.from_pretrained(backbone_id)
     except (OSError, ValueError) as error:

@@ -30,14 +30,13 @@ from urllib.parse import urlparse
 
 from ..errors import first_line
 from ..file_modes import write_text_atomic
+from ..hub.offline import OFFLINE_HINT, HubUnreachableError, ensure_downloadable
 
 # Memory of a ViT grows with the square of the token count, i.e. the fourth power of the image size;
 # 2048 px is already 22k tokens on a /14 backbone (the reference size is 518).
 MAX_IMAGE_SIZE = 2048
-HUB_PROBE_TIMEOUT_S = 3.0
 _PROBE = ".zsad-write-test-"  # the writability probe of prepare_output_dir (other processes may see it)
 LOCK_NAME, LOCK_INFO = ".zsad-lock", ".zsad-lock.json"  # held by the command writing into an output folder
-OFFLINE_HINT = "python -m zsad.testing --out DIR writes a tiny random one for a smoke test"
 
 
 class CommandError(Exception):
@@ -250,52 +249,12 @@ def resolve_device(name: str):
 
 
 # ---------------------------------------------------------------------------------------------- Hub
-def _hub_offline() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
-        return True
-    constants = sys.modules.get("huggingface_hub.constants")
-    return bool(constants is not None and getattr(constants, "HF_HUB_OFFLINE", False))
-
-
-@functools.lru_cache(maxsize=None)
-def _hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
-    """Why the Hub endpoint cannot be reached by a plain TCP connection, or None (reachable or proxied)."""
-    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None  # the proxy decides; let huggingface_hub try
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        socket.create_connection((endpoint.hostname or "", port), timeout=timeout).close()
-    except OSError as error:
-        return error.strerror or str(error) or type(error).__name__
-    return None
-
-
-def _go_offline() -> None:
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    constants = sys.modules.get("huggingface_hub.constants")
-    if constants is not None:
-        constants.HF_HUB_OFFLINE = True
-
-
 def check_hub_access(repo_id: str, *, what: str, flag: str) -> None:
-    """Fail fast (a few seconds, not minutes of retries) when `repo_id` must be downloaded and the Hub
-    cannot be reached; with a cached copy, switch the process to offline mode and use it."""
-    if _hub_offline() or Path(repo_id).expanduser().exists():
-        return
-    reason = _hub_unreachable()
-    if reason is None:
-        return
-    from huggingface_hub import try_to_load_from_cache
-
-    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
-        _go_offline()
-        return
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    raise CommandError(
-        f"cannot download the {what} {repo_id!r}: no connection to {endpoint} ({reason}); offline, pass "
-        f"{flag} DIR with a local copy ({OFFLINE_HINT})"
-    )
+    """`zsad.hub.offline.ensure_downloadable` with the command line's recipe (`flag` DIR), as a CommandError."""
+    try:
+        ensure_downloadable(repo_id, what=what, alternative=f"pass {flag} DIR with a local copy ({OFFLINE_HINT})")
+    except HubUnreachableError as error:
+        raise CommandError(str(error)) from None
 
 
 # ------------------------------------------------------------------------------------- running commands

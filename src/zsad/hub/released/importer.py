@@ -93,10 +93,12 @@ def _dino_config(dino_backbone: str) -> dict | None:
     from transformers import AutoConfig
 
     from ...models.crane.configuration_crane import DEFAULT_DINO_BACKBONE
+    from ..offline import HubUnreachableError, ensure_downloadable
 
     try:
+        ensure_downloadable(dino_backbone, what="DINOv2 backbone")  # seconds, not retries, without the Hub
         return AutoConfig.from_pretrained(dino_backbone).to_dict()
-    except (OSError, ValueError) as error:
+    except (HubUnreachableError, OSError, ValueError) as error:
         if dino_backbone == DEFAULT_DINO_BACKBONE:
             return None  # CraneConfig's default architecture is this model's
         raise CheckpointImportError(f"cannot load the DINOv2 backbone {dino_backbone!r} ({first_line(error)})") from error

@@ -30,6 +30,7 @@ from ...losses import dice_loss, focal_loss
 from ...clip.vision import VisionFeatures
 from ...clip import DEFAULT_BACKBONE
 from ...errors import first_line
+from ...hub.offline import ensure_downloadable
 from ...modeling_base import ZSADPreTrainedModel
 from ...scoring import similarity_logits, upsample_patch_scores
 from ..anomalyclip.modeling_anomalyclip import AnomalyCLIPModel
@@ -114,6 +115,7 @@ class CraneModel(ZSADPreTrainedModel):
         and weights come from `dino_backbone_name_or_path` unless `dino_config` is given."""
         if config_kwargs.get("dino_attention") and config_kwargs.get("dino_config") is None:
             dino_id = os.fspath(config_kwargs.get("dino_backbone_name_or_path", DEFAULT_DINO_BACKBONE))
+            ensure_downloadable(dino_id, what="DINOv2 backbone of Crane+")
             try:
                 dino_config = AutoConfig.from_pretrained(dino_id)
             except (OSError, ValueError) as error:
