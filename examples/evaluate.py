@@ -16,7 +16,7 @@ from accelerate.utils import DataLoaderConfiguration
 
 from zsad.commands.common import (
     ArgumentParser,
-    add_debug_flag,
+    add_output_flags,
     image_size,
     non_negative_int,
     positive_int,
@@ -47,13 +47,13 @@ def parse_args(argv=None):
     parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"])
     parser.add_argument("--output_dir", required=True, help="an empty or new folder (see --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --output_dir")
-    add_debug_flag(parser)
+    add_output_flags(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    return run_command("evaluate.py", lambda: evaluate(args), debug=args.debug)
+    return run_command("evaluate.py", lambda: evaluate(args), debug=args.debug, verbose=args.verbose)
 
 
 def evaluate(args):

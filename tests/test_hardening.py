@@ -317,3 +317,40 @@ def test_without_the_hub_every_download_fails_within_seconds_with_the_recipe(cas
     assert result.returncode != 0 and elapsed < 15, (elapsed, result.stderr[-1500:])
     assert "no connection to http://127.0.0.1:9" in result.stderr
     assert "python -m zsad.testing --out DIR" in result.stderr or "DIR with a local copy" in result.stderr
+
+
+def test_the_pipeline_loads_a_zsad_checkpoint_without_asking_about_remote_code(tiny_backbone, tmp_path):
+    """Observed: pipeline("zero-shot-anomaly-detection", model=DIR) printed "Do you wish to run the custom
+    code? [y/N]" (the checkpoint's auto_map, seen by transformers' video-processor lookup)."""
+    from zsad import AnomalyCLIPModel
+
+    AnomalyCLIPModel.from_backbone(tiny_backbone, image_size=28).save_pretrained(tmp_path / "ckpt")
+    code = ("import builtins, sys\n"
+            "def asked(*args):\n    sys.stderr.write('ASKED: ' + str(args[:1]))\n    raise SystemExit(3)\n"
+            "builtins.input = asked\n"
+            "import zsad\nfrom transformers import pipeline\n"
+            f"detector = pipeline('zero-shot-anomaly-detection', model={str(tmp_path / 'ckpt')!r})\n"
+            "print(type(detector.model).__name__)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert result.returncode == 0 and "ASKED" not in result.stderr, result.stderr[-1500:]
+    assert "Do you wish to run the custom code" not in result.stdout + result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "AnomalyCLIPModel"
+
+
+def test_a_batch_jobs_log_shows_progress_lines_and_no_library_noise(tiny_backbone, tmp_path):
+    """stderr is a file here, as in a scheduler's log: progress arrives as plain lines (every tenth of the
+    work, at most one per ZSAD_PROGRESS_INTERVAL seconds), the libraries' INFO lines and bars do not."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ZSAD_PROGRESS_INTERVAL": "0"}
+    for name in ("TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY", "HF_HUB_VERBOSITY"):
+        env.pop(name, None)
+    log = tmp_path / "job.log"
+    with open(log, "w") as handle:
+        result = subprocess.run([sys.executable, "-m", "zsad.cli", "detect", str(_images(tmp_path / "images", 20)),
+                                 "--model", "zero-shot-clip", "--backbone", tiny_backbone, "--image-size", "28",
+                                 "--batch-size", "2", "--out", str(tmp_path / "out")],
+                                stdout=subprocess.PIPE, stderr=handle, text=True, env=env, timeout=300)
+    assert result.returncode == 0
+    lines = log.read_text().splitlines()
+    assert lines == [f"zsad detect: {n}/20 img ({5 * n}%)," + line.split(",", 1)[1] for n, line in zip(range(2, 21, 2), lines)]
+    assert not any("Loading weights" in line or "\r" in line for line in lines)

@@ -61,7 +61,7 @@ def calibrate_thresholds(
 
 def _calibrate(model, dataloader: Iterable[dict[str, Any]], fpr: float, num_bins: int, show_progress: bool) -> Calibration:
     import numpy as np
-    from tqdm.auto import tqdm
+    from .progress import progress
 
     from .metrics import BinnedPixelCounts, binary_clf_curve
     from .metrics.classification import f1_optimal_threshold, fpr_threshold
@@ -73,7 +73,7 @@ def _calibrate(model, dataloader: Iterable[dict[str, Any]], fpr: float, num_bins
     pixels = BinnedPixelCounts(num_bins, (0.0, 1.0))
     num_pixel_images = 0
     model.eval()
-    for batch in tqdm(dataloader, desc="calibrate", unit="batch", disable=not show_progress):
+    for batch in progress(dataloader, desc="calibrate", unit="batch", disable=not show_progress):
         inputs = model_inputs(batch, with_targets=False)
         output = model(**{**inputs, "pixel_values": inputs["pixel_values"].to(model.device, model.dtype)})
         scores.append(output.pred_scores.float().cpu().numpy())

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .commands import benchmark, calibrate, convert, detect, evaluate, export, import_checkpoint, models, push, train
-from .commands.common import ArgumentParser, add_debug_flag, run_command
+from .commands.common import ArgumentParser, add_output_flags, run_command
 
 __all__ = ["build_parser", "main"]
 
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The `zsad` parser, each subcommand registered by its own module."""
     parser = ArgumentParser(prog="zsad", description="Zero-shot anomaly detection with CLIP.")
     parser.add_argument("--version", action="version", version=f"zsad {__version__}")
-    add_debug_flag(parser)
+    add_output_flags(parser)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         command.register(subparsers)
@@ -35,8 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--debug"] and argv[1:2] and argv[1] in SELF_PARSING:
-        argv = [argv[1], "--debug", *argv[2:]]  # `zsad --debug train ...` is `zsad train --debug ...`
+    flags = []
+    while argv[:1] in (["--debug"], ["--verbose"]):
+        flags.append(argv.pop(0))
+    if argv[:1] and argv[0] in SELF_PARSING:  # `zsad --debug train ...` is `zsad train --debug ...`
+        argv = [argv[0], *flags, *argv[1:]]
+    else:
+        argv = [*flags, *argv]
     if argv[:1] and argv[0] in SELF_PARSING:
         try:
             return SELF_PARSING[argv[0]](argv[1:])
@@ -50,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help(sys.stderr)
         return 2
-    return run_command(f"zsad {args.command}", lambda: args.func(args), debug=args.debug)
+    return run_command(f"zsad {args.command}", lambda: args.func(args), debug=args.debug, verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from transformers.activations import ACT2FN
 
 from .clip import DEFAULT_BACKBONE
 from .clip.vision import DENSE_ATTENTION_KINDS
+from .errors import ZSADWarning
 from .few_shot import REFERENCE_FUSIONS
 from .scoring import JOINT_SCORE_POOLINGS
 
@@ -205,7 +206,7 @@ class ZSADConfig(PreTrainedConfig):
         unknown = sorted(set(config_dict) - set(cls.field_types()) - _transformers_config_keys())
         if unknown:
             warnings.warn(f"the saved {cls.__name__} has field(s) this zsad does not know, ignored: {', '.join(unknown)} "
-                          "(written by a newer zsad?)", stacklevel=2)
+                          "(written by a newer zsad?)", ZSADWarning, stacklevel=2)
         missing = {key: value for key, value in cls.legacy_defaults.items() if key not in config_dict}
         return super().from_dict({**config_dict, **missing}, **kwargs)
 

@@ -36,13 +36,13 @@ def evaluate_model(
     of `max_heatmaps_per_category` images of each category go to `heatmap_dir` (main process): the first
     anomalous images (half, rounded up) and the first normal ones, so anomalies are always shown.
     """
-    from tqdm.auto import tqdm
+    from .progress import progress
 
     metrics = metrics if metrics is not None else AnomalyMetrics()
     main_process = accelerator is None or accelerator.is_main_process
     saved: dict[tuple[str, int], int] = {}
     model.eval()
-    for batch in tqdm(dataloader, desc="evaluate", unit="batch", disable=not (show_progress and main_process)):
+    for batch in progress(dataloader, desc="evaluate", unit="batch", disable=not (show_progress and main_process)):
         output = model(**model_inputs(batch, with_targets=False))
         metrics.update(output, batch)
         if heatmap_dir is not None and max_heatmaps_per_category > 0:

@@ -43,6 +43,9 @@ class ZeroShotAnomalyDetectionPipeline(Pipeline):
     _load_image_processor = None
     _load_feature_extractor = False
     _load_tokenizer = False
+    # transformers 5 would otherwise look for a video processor, find the checkpoint's `auto_map` (written
+    # for trust_remote_code use without zsad) and ask "Do you wish to run the custom code? [y/N]".
+    _load_video_processor = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

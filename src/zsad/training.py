@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from torch.utils.data import Sampler
 
 from . import MODEL_CLASSES
+from .errors import ZSADWarning
 from .file_modes import save_safetensors
 from .modeling_base import ZSADPreTrainedModel
 
@@ -176,6 +177,7 @@ def warn_if_image_level_only(dataset) -> bool:
         warnings.warn(
             f"{missing} anomalous training image(s) have no mask: batches containing them train with the "
             "image-level loss only",
+            ZSADWarning,
             stacklevel=2,
         )
     return bool(missing)

@@ -20,6 +20,8 @@ from transformers.image_processing_base import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.processing_utils import ImagesKwargs
 
+from ..errors import ZSADWarning
+
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -79,7 +81,7 @@ def _float_to_unit(array: np.ndarray, name: str | None, low_ok: float, high_ok: 
     if low >= low_ok and high <= high_ok:
         return (array - low_ok) / (high_ok - low_ok)
     warnings.warn(f"{what}: pixel values span [{low:g}, {high:g}], outside [{low_ok:g}, {high_ok:g}]; "
-                  "rescaled from its own minimum..maximum", stacklevel=3)
+                  "rescaled from its own minimum..maximum", ZSADWarning, stacklevel=3)
     return (array - low) / (high - low) if high > low else np.zeros_like(array)
 
 

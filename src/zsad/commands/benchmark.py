@@ -6,7 +6,7 @@ import argparse
 
 from .common import (
     CommandError,
-    add_debug_flag,
+    add_output_flags,
     positive_int,
     prepare_output_dir,
     resolve_device,
@@ -69,5 +69,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--image-size", type=positive_int, metavar="N", help="input size (default: the model's, 518)")
     parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="images per forward pass (default 8)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
-    add_debug_flag(parser, suppress_default=True)
+    add_output_flags(parser, suppress_default=True)
     parser.set_defaults(func=run)

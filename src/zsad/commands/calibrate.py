@@ -10,7 +10,7 @@ from pathlib import Path
 from ..calibration import DEFAULT_FPR
 from .common import (
     CommandError,
-    add_debug_flag,
+    add_output_flags,
     image_size,
     lock_output_dir,
     positive_int,
@@ -78,6 +78,6 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="images per forward pass (default 8)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_debug_flag(parser, suppress_default=True)
+    add_output_flags(parser, suppress_default=True)
     parser.set_defaults(func=run)
     return parser

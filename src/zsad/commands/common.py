@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import functools
 import json
 import os
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -26,9 +24,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-from ..errors import first_line
+from ..errors import ZSADWarning, first_line
 from ..file_modes import write_text_atomic
 from ..hub.offline import OFFLINE_HINT, HubUnreachableError, ensure_downloadable
 
@@ -78,11 +75,14 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def add_debug_flag(parser: argparse.ArgumentParser, *, suppress_default: bool = False) -> None:
-    """`--debug`: print the traceback of an error. `suppress_default` for sub-parsers, so that
-    `zsad --debug detect ...` and `zsad detect --debug ...` both work."""
-    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS if suppress_default else False,
-                        help="print the full traceback of an error")
+def add_output_flags(parser: argparse.ArgumentParser, *, suppress_default: bool = False) -> None:
+    """`--debug` (print the traceback of an error) and `--verbose` (library log lines and warnings).
+    `suppress_default` for sub-parsers, so that `zsad --debug detect ...` and `zsad detect --debug ...`
+    both work."""
+    default = argparse.SUPPRESS if suppress_default else False
+    parser.add_argument("--debug", action="store_true", default=default, help="print the full traceback of an error")
+    parser.add_argument("--verbose", action="store_true", default=default,
+                        help="also show the libraries' log lines and warnings (transformers, datasets, accelerate)")
 
 
 # ------------------------------------------------------------------------------------------ flag values
@@ -177,7 +177,8 @@ def prepare_output_dir(path: str | os.PathLike, *, flag: str, overwrite: bool = 
 
 # Output folders this process holds: `{folder: FileLock}`, released (and their lock files removed) at exit.
 _HELD: dict[Path, Any] = {}
-_RUNNING: dict[str, str] = {}  # "prog": the command `run_command` runs, named in the lock of its output folder
+# "prog": the command `run_command` runs (named in the lock of its output folder); "verbose": --verbose.
+_RUNNING: dict[str, Any] = {}
 
 
 def lock_output_dir(folder: Path, flag: str) -> None:
@@ -274,8 +275,36 @@ def user_error_message(error: BaseException) -> str | None:
 
 
 def _show_warning_line(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings as one readable line (`warning: ...`) instead of Python's file:line format."""
-    print(f"warning: {message}", file=sys.stderr if file is None else file)
+    """zsad's warnings as one readable line (`warning: ...`) instead of Python's file:line format; the
+    libraries' warnings only with --verbose."""
+    if _RUNNING.get("verbose") or issubclass(category, ZSADWarning):
+        print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+
+# Environment variables that quiet the libraries before they are imported (read at their import).
+QUIET_LIBRARIES = {"TRANSFORMERS_VERBOSITY": "error", "DATASETS_VERBOSITY": "error", "HF_HUB_VERBOSITY": "error",
+                   "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+
+
+def quiet_libraries() -> None:
+    """Keep the libraries' INFO lines and progress bars (weight loading, split generation) off stderr:
+    through their environment variables, and directly for those already imported."""
+    for name, value in QUIET_LIBRARIES.items():
+        os.environ.setdefault(name, value)
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        import datasets
+
+        datasets.utils.logging.set_verbosity_error()
+        datasets.disable_progress_bars()
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import logging as hub_logging
+
+        hub_logging.set_verbosity_error()
 
 
 def _raise_keyboard_interrupt(signum, frame) -> None:
@@ -292,9 +321,12 @@ def terminate_like_ctrl_c() -> Any:
     return signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
 
 
-def run_command(prog: str, func: Callable[[], int | None], *, debug: bool = False) -> int:
-    """Run `func` under the error contract; returns the exit status (0, 1 for a bug, 2, 130 on Ctrl-C)."""
-    _RUNNING["prog"] = prog
+def run_command(prog: str, func: Callable[[], int | None], *, debug: bool = False, verbose: bool = False) -> int:
+    """Run `func` under the error contract; returns the exit status (0, 1 for a bug, 2, 130 on Ctrl-C).
+    Without `verbose`, the libraries stay quiet (`quiet_libraries`) and only zsad's warnings are shown."""
+    _RUNNING.update(prog=prog, verbose=verbose)
+    if not verbose:
+        quiet_libraries()
     previous_sigterm = terminate_like_ctrl_c()
     try:
         with warnings.catch_warnings():

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .common import ArgumentParser, CommandError, add_debug_flag, run_command
+from .common import ArgumentParser, CommandError, add_output_flags, run_command
 
 HELP = "convert an anomaly-detection dataset on disk to the zsad schema (parquet or imagefolder)"
 _FOLDER_ONLY = ("category", "normal_dir", "anomaly_dir", "mask_dir", "split")
@@ -55,7 +55,7 @@ def build_parser(prog: str = "zsad convert") -> ArgumentParser:
     folder.add_argument("--anomaly-dir", help="folder of anomalous images, relative to SRC (default: anomaly/defect/...)")
     folder.add_argument("--mask-dir", help="folder of masks, relative to SRC (default: masks/mask/ground_truth)")
     folder.add_argument("--split", choices=("train", "test"), help="split to write (default: test)")
-    add_debug_flag(parser)
+    add_output_flags(parser)
     return parser
 
 
@@ -91,4 +91,4 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """`zsad convert ...` with `argv` the options after `convert`; returns the exit status."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    return run_command("zsad convert", lambda: run(args), debug=args.debug)
+    return run_command("zsad convert", lambda: run(args), debug=args.debug, verbose=args.verbose)

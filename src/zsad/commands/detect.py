@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_detector(args.model, args.backbone, args.object_name)
 
     import torch
-    from tqdm.auto import tqdm
+    from ..progress import progress as progress_bar
 
     from ..clip.processing import ImageLoadError, ZSADImageProcessor, load_rgb
     from ..modeling_outputs import LABELS
@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     failures: list[str] = []
     try:
         with open(out_dir / "scores.csv", "a", newline="", encoding="utf-8") as handle, \
-                tqdm(total=len(paths), initial=len(rows), desc="zsad detect", unit="img",
+                progress_bar(total=len(paths), initial=len(rows), desc="zsad detect", unit="img",
                      disable=True if args.quiet else None) as progress:
             writer = csv.DictWriter(handle, fieldnames=SCORE_FIELDS)
             for batch_paths in _batches(todo, args.batch_size):

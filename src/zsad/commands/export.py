@@ -7,7 +7,7 @@ import argparse
 from ..hub.released.registry import get_entry, training_free_models
 from .common import (
     CommandError,
-    add_debug_flag,
+    add_output_flags,
     local_path_or_hub_id,
     prepare_output_dir,
 )
@@ -48,6 +48,6 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--format", default="onnx", choices=["onnx"])
     parser.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
     parser.add_argument("--backbone", help="a local mirror of the checkpoint's CLIP backbone")
-    add_debug_flag(parser, suppress_default=True)
+    add_output_flags(parser, suppress_default=True)
     parser.set_defaults(func=run)
     return parser

@@ -8,7 +8,7 @@ import sys
 
 from ..clip import DEFAULT_BACKBONE
 from ..hub.released.variants import RELEASED_METHODS
-from .common import CommandError, add_debug_flag
+from .common import CommandError, add_output_flags
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,5 +56,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "visa+clinicdb (AdaCLIP); default: from the reference's folder names")
     parser.add_argument("--dino-backbone", default=None, metavar="ID_OR_DIR",
                         help="Crane+ only: the DINOv2 backbone (default: facebook/dinov2-with-registers-base)")
-    add_debug_flag(parser, suppress_default=True)
+    add_output_flags(parser, suppress_default=True)
     parser.set_defaults(func=run)

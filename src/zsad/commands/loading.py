@@ -21,23 +21,13 @@ from ..hub.released.registry import (
 )
 from .common import (
     CommandError,
-    add_debug_flag,
+    add_output_flags,
     check_hub_access,
     image_size,
     local_path_or_hub_id,
     looks_like_path,
     positive_int,
 )
-
-
-def _quiet_libraries() -> None:
-    """Keep library logging (Hub retries, weight-loading bars) out of the command's output."""
-    from huggingface_hub.utils import logging as hub_logging
-    from transformers.utils import logging as transformers_logging
-
-    hub_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
 
 
 def check_checkpoint_folder(folder: Path) -> dict:
@@ -120,7 +110,6 @@ def load_detector(model_id: str | None, backbone: str | None, object_name: str |
     """The model to run: a registry name (`from_zoo`), a zsad checkpoint (`model_id`), or the registry's
     default (checked by `check_sources` first; no remote code ever runs)."""
     model_id, backbone = check_sources(model_id, backbone)
-    _quiet_libraries()
     from transformers import AutoModel
 
     from .. import ZSADPreTrainedModel
@@ -164,4 +153,4 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder "
                         "(files of the same names are replaced)")
-    add_debug_flag(parser, suppress_default=True)
+    add_output_flags(parser, suppress_default=True)

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ..hub.released.registry import default_model_name, registry, training_free_models
-from .common import add_debug_flag
+from .common import add_output_flags
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,5 +48,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "AUROC, and whether the file is already in the cache.",
     )
     parser.add_argument("--json", action="store_true", help="print the list as JSON")
-    add_debug_flag(parser, suppress_default=True)
+    add_output_flags(parser, suppress_default=True)
     parser.set_defaults(func=run)

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..hub.released.registry import get_entry
-from .common import CommandError, add_debug_flag
+from .common import CommandError, add_output_flags
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,5 +49,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="datasets: the license of the images (e.g. cc-by-4.0), unless the card already names one")
     parser.add_argument("--backbone", metavar="ID_OR_DIR",
                         help="registry names: a local copy of the CLIP backbone to import the file with")
-    add_debug_flag(parser, suppress_default=True)
+    add_output_flags(parser, suppress_default=True)
     parser.set_defaults(func=run)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from .common import (
     ArgumentParser,
     CommandError,
-    add_debug_flag,
+    add_output_flags,
     check_hub_access,
     image_size,
     local_path_or_hub_id,
@@ -90,7 +90,7 @@ def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> Na
     parser.add_argument("--push_to_hub", action="store_true")
     parser.add_argument("--hub_model_id", help="org/name for --push_to_hub")
     parser.add_argument("--hub_token", help="defaults to the logged-in token")
-    add_debug_flag(parser)
+    add_output_flags(parser)
     args = parser.parse_args(argv)
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id")
@@ -187,7 +187,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None,
     prog = prog or os.path.basename(sys.argv[0])
     args = parse_args(argv, prog)
     resume = resume_command(argv, ["accelerate", "launch", sys.argv[0]] if launcher is None else launcher)
-    return run_command(prog, lambda: train(args, prog=prog, resume=resume), debug=args.debug)
+    return run_command(prog, lambda: train(args, prog=prog, resume=resume), debug=args.debug, verbose=args.verbose)
 
 
 def train(args: Namespace, *, prog: str, resume: str) -> int | None:
@@ -196,7 +196,7 @@ def train(args: Namespace, *, prog: str, resume: str) -> int | None:
     from accelerate.logging import get_logger
     from accelerate.utils import ProjectConfiguration, set_seed
     from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
+    from ..progress import progress as progress_bar
 
     from ..clip.processing import ZSADImageProcessor
     from ..data import collate_fn, load_anomaly_datasets, with_anomaly_transform
@@ -224,7 +224,8 @@ def train(args: Namespace, *, prog: str, resume: str) -> int | None:
         project_config=ProjectConfiguration(project_dir=args.output_dir, automatic_checkpoint_naming=True,
                                             total_limit=args.checkpoints_total_limit),
     )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        level=logging.INFO if args.verbose else logging.WARNING)
     set_seed(args.seed)
 
     # Data: one schema, preprocessed lazily; the order is a function of (seed, epoch) only.
@@ -277,7 +278,8 @@ def train(args: Namespace, *, prog: str, resume: str) -> int | None:
         first_epoch, done_in_epoch = divmod(global_step, steps_per_epoch)
         skip_batches = done_in_epoch * args.gradient_accumulation_steps
 
-    progress = tqdm(total=max_train_steps, initial=global_step, desc="train", disable=not accelerator.is_local_main_process)
+    progress = progress_bar(total=max_train_steps, initial=global_step, desc="train", unit="step",
+                            disable=not accelerator.is_local_main_process)
     model.train()
     saved_step, epoch = global_step, first_epoch
     stop = deferred_interrupt()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from typing import Optional, Union
 
+from ..errors import ZSADWarning
+
 PathLike = Union[str, os.PathLike]
 
 
@@ -28,5 +30,5 @@ class SchemaError(DataError):
     """A dataset does not follow the anomaly-detection schema of `zsad.data.schema`."""
 
 
-class DataWarning(UserWarning):
+class DataWarning(ZSADWarning):
     """Something in the data is suspicious but usable (empty masks, anomalous images without a mask...)."""

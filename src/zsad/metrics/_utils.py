@@ -9,10 +9,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import ZSADWarning
+
 __all__ = ["UndefinedMetricWarning"]
 
 
-class UndefinedMetricWarning(UserWarning):
+class UndefinedMetricWarning(ZSADWarning):
     """A metric is undefined for the given data (e.g. AUROC with a single class) and is reported as NaN."""
 
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from ..errors import ZSADWarning
 from ._utils import (
     UndefinedMetricWarning,
     as_binary,
@@ -37,7 +38,11 @@ from .aupro import (
     _exact_vertices,
     label_regions,
 )
-from .classification import auroc_from_counts, average_precision_from_counts, f1_max_from_counts
+from .classification import (
+    auroc_from_counts,
+    average_precision_from_counts,
+    f1_max_from_counts,
+)
 
 __all__ = ["AnomalyMetrics", "MetricAccumulator", "IMAGE_METRICS", "PIXEL_METRICS", "METRIC_NAMES"]
 
@@ -263,6 +268,7 @@ class AnomalyMetrics:
                     "AnomalyMetrics.gather: the Accelerator uses even_batches=True, which duplicates samples to "
                     "fill the last batch of some processes; use DataLoaderConfiguration(even_batches=False) for "
                     "exact evaluation",
+                    ZSADWarning,
                     stacklevel=2,
                 )
             from accelerate.utils import gather_object
@@ -336,6 +342,7 @@ class AnomalyMetrics:
                 warnings.warn(
                     f"category {c!r}: {st.counts.num_out_of_range} pixel scores outside score_range ({lo}, {hi}) "
                     "fall into the end bins of the binned metrics",
+                    ZSADWarning,
                     stacklevel=3,
                 )
             fps, tps, overlap = st.counts.curve()
