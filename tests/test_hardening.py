@@ -35,21 +35,27 @@ def test_two_detect_runs_into_one_new_folder_the_second_is_refused_naming_the_ho
                                  "--backbone", tiny_backbone, "--image-size", "28", "--batch-size", "1", "--out", str(out),
                                  "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
-    first = start(_images(tmp_path / "many", 300))  # long enough to still run when the second one starts
+    import signal
+
+    first = start(_images(tmp_path / "many", 20))
     deadline = time.monotonic() + 60
     while not (out / ".zsad-lock.json").exists() and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    second = start(_images(tmp_path / "four", 4))  # while the first holds the folder
-    second_out, second_err = second.communicate(timeout=120)
+        time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)  # paused while it holds the folder, however fast this machine is
+    try:
+        second = start(_images(tmp_path / "four", 4))
+        second_out, second_err = second.communicate(timeout=120)
+    finally:
+        first.send_signal(signal.SIGCONT)
     first_out, first_err = first.communicate(timeout=300)
     assert first.returncode == 0, first_err
     assert second.returncode == 2
     lines = second_err.strip().splitlines()
     assert len(lines) == 1 and str(out.resolve()) in lines[0] and "in use by zsad detect" in lines[0]
     assert f"pid {first.pid}" in lines[0]
-    assert "scored 300 image(s)" in first_out
+    assert "scored 20 image(s)" in first_out
     rows = (out / "scores.csv").read_text().strip().splitlines()
-    assert len(rows) == 1 + 300  # the first run's results, whole
+    assert len(rows) == 1 + 20  # the first run's results, whole
     assert not (out / ".zsad-lock").exists() and not (out / ".zsad-lock.json").exists()  # released at exit
 
 
@@ -198,8 +204,10 @@ def test_sigterm_stops_training_like_ctrl_c_with_a_checkpoint_and_the_resume_com
         log = out / "train_log.jsonl"
         deadline = time.monotonic() + 120
         while process.poll() is None and not (log.is_file() and log.read_text().count("\n") >= 2) and time.monotonic() < deadline:
-            time.sleep(0.05)
+            time.sleep(0.01)
+        process.send_signal(signal.SIGSTOP)  # so that the signal arrives mid-run however fast the machine
         process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGCONT)
         _, stderr = process.communicate(timeout=120)
     finally:
         process.kill()
@@ -224,7 +232,7 @@ def test_sigterm_stops_detect_like_ctrl_c_keeping_the_finished_rows(tiny_backbon
 
     out = tmp_path / "out"
     process = subprocess.Popen(
-        [sys.executable, "-m", "zsad.cli", "detect", str(_images(tmp_path / "images", 400)), "--model", "zero-shot-clip",
+        [sys.executable, "-m", "zsad.cli", "detect", str(_images(tmp_path / "images", 100)), "--model", "zero-shot-clip",
          "--backbone", tiny_backbone, "--image-size", "28", "--batch-size", "1", "--out", str(out), "--quiet"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -232,8 +240,10 @@ def test_sigterm_stops_detect_like_ctrl_c_keeping_the_finished_rows(tiny_backbon
         deadline = time.monotonic() + 120
         scores = out / "scores.csv"
         while process.poll() is None and not (scores.is_file() and scores.read_text().count("\n") >= 5) and time.monotonic() < deadline:
-            time.sleep(0.02)
+            time.sleep(0.01)
+        process.send_signal(signal.SIGSTOP)  # so that the signal arrives mid-run however fast the machine
         process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGCONT)
         _, stderr = process.communicate(timeout=120)
     finally:
         process.kill()
