@@ -364,3 +364,23 @@ def test_a_batch_jobs_log_shows_progress_lines_and_no_library_noise(tiny_backbon
     lines = log.read_text().splitlines()
     assert lines == [f"zsad detect: {n}/20 img ({5 * n}%)," + line.split(",", 1)[1] for n, line in zip(range(2, 21, 2), lines)]
     assert not any("Loading weights" in line or "\r" in line for line in lines)
+
+
+def test_evaluate_panels_are_drawn_on_the_original_image_and_stay_readable(tiny_backbone, tmp_path):
+    """Observed: a 56 px run gave 160x79 panels (the model's input, squashed) with cut-off titles."""
+    from zsad.data import make_synthetic_dataset
+
+    make_synthetic_dataset(1, 1, size=96, textures=["grid"], seed=0).save_to_disk(str(tmp_path / "data"))
+    assert main(["evaluate", str(tmp_path / "data"), "--model", "zero-shot-clip", "--backbone", tiny_backbone,
+                 "--image-size", "28", "--heatmaps-per-category", "2", "--out", str(tmp_path / "eval")]) == 0
+    panels = sorted((tmp_path / "eval" / "data" / "heatmaps").rglob("*.png"))
+    assert len(panels) == 2
+    for path in panels:
+        width, height = Image.open(path).size
+        assert height > 256 and width >= 2 * 256  # the 96 px original, enlarged to the readable 256 px
+    # The panel's left third is the original image (enlarged), not the 28 px model input.
+    from zsad.visualize import anomaly_panel
+
+    original = Image.new("RGB", (96, 64), (200, 10, 10))
+    panel = anomaly_panel(original, np.zeros((28, 28)), score=0.5, title="a rather long title that must fit.png")
+    assert panel.height > 256 * 64 // 96 and panel.getpixel((10, panel.height - 10)) == (200, 10, 10)

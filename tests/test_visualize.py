@@ -28,17 +28,18 @@ def test_map_scales():
 
 
 def test_panel_shows_the_image_the_overlay_and_a_colour_bar():
+    """An image of at least MIN_PANEL_SIDE (256) is shown unchanged (smaller ones are enlarged: test_hardening)."""
     rng = np.random.default_rng(0)
-    image = Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8))
+    image = Image.fromarray(rng.integers(0, 256, (260, 300, 3), dtype=np.uint8))
     anomaly_map = torch.rand(8, 8, generator=torch.Generator().manual_seed(0))
     panel = np.asarray(anomaly_panel(image, anomaly_map, score=0.8765, label="anomalous", title="x.png"))
-    header = panel.shape[0] - 40
-    assert header > 0 and panel.shape[1] > 2 * 60
-    assert np.array_equal(panel[header:, :60], np.asarray(image))  # the original, unchanged
+    header = panel.shape[0] - 260
+    assert header > 0 and panel.shape[1] > 2 * 300
+    assert np.array_equal(panel[header:, :300], np.asarray(image))  # the original, unchanged
     overlay = np.asarray(overlay_anomaly_map(image, anomaly_map))
-    start = next(x for x in range(60, panel.shape[1]) if np.array_equal(panel[header:, x], overlay[:, 0]))
-    assert np.array_equal(panel[header:, start:start + 60], overlay)
-    bar = panel[header:, start + 60 + 1:]
+    start = next(x for x in range(300, panel.shape[1]) if np.array_equal(panel[header:, x], overlay[:, 0]))
+    assert np.array_equal(panel[header:, start:start + 300], overlay)
+    bar = panel[header:, start + 300 + 1:]
     bar_column = bar[:, np.argmax((bar != 255).any(axis=(0, 2)))]
     assert np.array_equal(bar_column[0], colorize(np.array([[1.0]]))[0, 0])  # high values on top
     assert np.array_equal(bar_column[-1], colorize(np.array([[0.0]]))[0, 0])

@@ -28,13 +28,15 @@ def evaluate_model(
     heatmap_dir: str | os.PathLike | None = None,
     max_heatmaps_per_category: int = 0,
     show_progress: bool = True,
+    original_images=None,
 ) -> dict[str, Any]:
     """Run `model` over `dataloader` and return `AnomalyMetrics.compute()` of all processes together.
 
     With an `accelerator`, the dataloader must be prepared by it (use `even_batches=False`) and the
     accumulators of all processes are merged; every process gets the same results. Heat-map overlays
     of `max_heatmaps_per_category` images of each category go to `heatmap_dir` (main process): the first
-    anomalous images (half, rounded up) and the first normal ones, so anomalies are always shown.
+    anomalous images (half, rounded up) and the first normal ones, so anomalies are always shown; drawn on
+    the original image (`original_images(image_id)`, when given) at its own size, else on the input.
     """
     from .progress import progress
 
@@ -46,10 +48,27 @@ def evaluate_model(
         output = model(**model_inputs(batch, with_targets=False))
         metrics.update(output, batch)
         if heatmap_dir is not None and max_heatmaps_per_category > 0:
-            _save_heatmaps(batch, output, Path(heatmap_dir), saved, max_heatmaps_per_category)
+            _save_heatmaps(batch, output, Path(heatmap_dir), saved, max_heatmaps_per_category, original_images)
     if accelerator is not None:
         metrics = metrics.gather(accelerator)
     return metrics.compute()
+
+
+def original_image_lookup(dataset):
+    """`image_id -> RGB PIL image` from the untransformed rows (None for an unknown id): the few images whose
+    panels evaluate draws, at their own size."""
+    from .clip.processing import to_rgb
+    from .data.transforms import as_pil
+
+    rows: dict[str, int] = {}
+
+    def lookup(image_id: str):
+        if not rows:
+            rows.update({name: i for i, name in enumerate(dataset["image_id"]) if name})
+        index = rows.get(image_id)
+        return None if index is None else to_rgb(as_pil(dataset[index]["image"], image_id))
+
+    return lookup
 
 
 def heatmap_quota(limit: int, label: int) -> int:
@@ -57,9 +76,10 @@ def heatmap_quota(limit: int, label: int) -> int:
     return (limit + 1) // 2 if label == 1 else limit // 2
 
 
-def _save_heatmaps(batch, output, folder: Path, saved: dict[tuple[str, int], int], limit: int) -> None:
-    """Panels (input | overlay with the ground-truth outline | colour bar, with score and decision) of the
-    de-normalised inputs, per category and label up to its quota. Absolute probability colours."""
+def _save_heatmaps(batch, output, folder: Path, saved: dict[tuple[str, int], int], limit: int, original_images=None) -> None:
+    """Panels (image | overlay with the ground-truth outline | colour bar, with score and decision), per
+    category and label up to its quota, on the original image at its own size (`original_images`), else
+    on the de-normalised input. Absolute probability colours."""
     from .clip.processing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
     from .modeling_outputs import LABELS
     from .visualize import anomaly_panel
@@ -72,8 +92,11 @@ def _save_heatmaps(batch, output, folder: Path, saved: dict[tuple[str, int], int
         key = (category, int(batch["labels"][index]))
         if saved.get(key, 0) >= heatmap_quota(limit, key[1]):
             continue
-        pixels = batch["pixel_values"][index].float().cpu() * std + mean
-        image = Image.fromarray((pixels.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
+        image_id = batch.get("image_ids", [""] * len(batch["categories"]))[index]
+        image = original_images(image_id) if original_images is not None and image_id else None
+        if image is None:
+            pixels = batch["pixel_values"][index].float().cpu() * std + mean
+            image = Image.fromarray((pixels.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
         label = "anomaly" if int(batch["labels"][index]) == 1 else "normal"
         name = batch.get("image_ids", [""] * len(batch["categories"]))[index] or f"{saved.get(key, 0):03d}"
         target = folder / category / f"{label}_{Path(name).stem}.png"
@@ -188,6 +211,7 @@ def evaluate_datasets(
             accelerator=accelerator,
             heatmap_dir=folder / "heatmaps" if main_process else None,
             max_heatmaps_per_category=heatmaps_per_category,
+            original_images=original_image_lookup(dataset) if heatmaps_per_category else None,
         )
         if main_process:
             title = f"{model_name} on {source}" + (f" ({split})" if split else "")

@@ -67,6 +67,10 @@ def map_value_ranges(maps: Sequence[MapLike], scale: str = "absolute") -> list[t
     return [shared] * len(arrays)
 
 
+# Panels of smaller images are enlarged to this long side, so that a 56 px input still gives a readable picture.
+MIN_PANEL_SIDE = 256
+
+
 def overlay_anomaly_map(
     image: Image.Image,
     anomaly_map: MapLike,
@@ -134,8 +138,13 @@ def anomaly_panel(
     alpha: float = 0.5,
 ) -> Image.Image:
     """The original image beside its heat-map overlay and a colour bar, under a line with the title, the
-    score and the decision; the ground-truth outline (green) on the overlay when `ground_truth` is given."""
+    score and the decision; the ground-truth outline (green) on the overlay when `ground_truth` is given.
+    An image smaller than `MIN_PANEL_SIDE` on its long side is enlarged to it (bicubic) so that the panel
+    stays readable, and the panel is as wide as its header line."""
     rgb = image.convert("RGB")
+    if max(rgb.size) < MIN_PANEL_SIDE:
+        factor = MIN_PANEL_SIDE / max(rgb.size)
+        rgb = rgb.resize((max(1, round(rgb.width * factor)), max(1, round(rgb.height * factor))), Image.Resampling.BICUBIC)
     overlay = overlay_anomaly_map(rgb, anomaly_map, alpha=alpha, value_range=value_range)
     if ground_truth is not None:
         overlay = draw_contour(overlay, ground_truth)
@@ -143,17 +152,16 @@ def anomaly_panel(
     bar = colour_bar(rgb.height, value_range)
     font = _font(max(12, min(rgb.height // 14, 28)))
     header = font.getbbox("Ag")[3] + 2 * gap
-    panel = Image.new("RGB", (2 * rgb.width + bar.width + 3 * gap, rgb.height + header), _BACKGROUND)
+    texts = [(f"{title}   " if title else "", _TEXT), (f"score {score:.4f}   " if score is not None else "", _TEXT),
+             (label or "", _LABEL_COLOURS.get(label or "", _TEXT))]
+    width = max(2 * rgb.width + bar.width + 3 * gap, sum(int(font.getlength(text)) for text, _ in texts) + gap)
+    panel = Image.new("RGB", (width, rgb.height + header), _BACKGROUND)
     panel.paste(rgb, (0, header))
     panel.paste(overlay, (rgb.width + gap, header))
     panel.paste(bar, (2 * rgb.width + 2 * gap, header))
     draw = ImageDraw.Draw(panel)
     x = 0
-    for text, colour in (
-        (f"{title}   " if title else "", _TEXT),
-        (f"score {score:.4f}   " if score is not None else "", _TEXT),
-        (label or "", _LABEL_COLOURS.get(label or "", _TEXT)),
-    ):
+    for text, colour in texts:
         if text:
             draw.text((x, gap), text, fill=colour, font=font)
             x += int(font.getlength(text))

@@ -16,6 +16,7 @@ imagefolder, `save_to_disk`, a Hub id). ZSAD trains on the *test* split of an au
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -193,7 +194,6 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None,
 def train(args: Namespace, *, prog: str, resume: str) -> int | None:
     """The training run of parsed `args`; on Ctrl-C, `prog` and the `resume` command go into the message."""
     from accelerate import Accelerator
-    from accelerate.logging import get_logger
     from accelerate.utils import ProjectConfiguration, set_seed
     from torch.utils.data import DataLoader
     from ..progress import progress as progress_bar
@@ -210,7 +210,6 @@ def train(args: Namespace, *, prog: str, resume: str) -> int | None:
         warn_if_image_level_only,
     )
 
-    logger = get_logger(__name__)
     checkpoints_dir = os.path.join(args.output_dir, "checkpoints")
     prepare_output_dir(args.output_dir, flag="--output_dir", overwrite=args.overwrite,
                        resume=bool(args.resume_from_checkpoint), resume_flag="--resume_from_checkpoint latest")
@@ -231,7 +230,8 @@ def train(args: Namespace, *, prog: str, resume: str) -> int | None:
     # Data: one schema, preprocessed lazily; the order is a function of (seed, epoch) only.
     with accelerator.main_process_first():
         dataset = load_anomaly_datasets(args.dataset, split=args.split, categories=args.categories)
-    logger.info(f"training on {len(dataset)} images from {' + '.join(args.dataset)}")
+    say = functools.partial(accelerator.print, file=sys.stderr)  # zsad's own lines; the libraries' INFO needs --verbose
+    say(f"training on {len(dataset)} images from {' + '.join(args.dataset)}")
     warn_if_image_level_only(dataset)
 
     # Model: frozen CLIP + fresh adapters. Only the adapters reach the optimizer.
@@ -240,13 +240,13 @@ def train(args: Namespace, *, prog: str, resume: str) -> int | None:
         config_kwargs["class_names"] = sorted(set(dataset["category"]))
     if args.model_class.domain_aware and "domain_names" not in config_kwargs:  # DA-CLIP's routing loss
         config_kwargs["domain_names"] = sorted(set(dataset["domain" if "domain" in dataset.column_names else "dataset"]))
-        logger.info(f"training domains: {', '.join(config_kwargs['domain_names'])}")
+        say(f"training domains: {', '.join(config_kwargs['domain_names'])}")
     model = args.model_class.from_backbone(args.backbone, **config_kwargs)
     if args.gradient_checkpointing:  # the new name from transformers 5.24 on, the old one before
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     optimizer = build_optimizer(model, learning_rate=scaled_learning_rate(model, args.learning_rate, args.scale_lr,
                                                                           accelerator.num_processes))
-    logger.info(f"{args.method}: {model.num_trainable_parameters():,} trainable parameters on {args.backbone}")
+    say(f"{args.method}: {model.num_trainable_parameters():,} trainable parameters on {args.backbone}")
     dataset = with_anomaly_transform(dataset, ZSADImageProcessor(image_size=model.config.image_size))
     sampler = EpochShuffleSampler(len(dataset), seed=args.seed)
     dataloader = DataLoader(dataset, batch_size=args.train_batch_size, sampler=sampler, collate_fn=collate_fn,

@@ -44,7 +44,7 @@ DEFAULT_CATEGORY = "object"
 EXAMPLE_KEYS = ("pixel_values", "mask", "label", "has_mask", "category", "defect_type", "dataset", "domain", "image_id")
 
 
-def _as_pil(value: Any, what: str) -> Image.Image:
+def as_pil(value: Any, what: str) -> Image.Image:
     """A decoded `Image` value, an undecoded `{"bytes", "path"}` dict, a path or an array -> PIL image."""
     if isinstance(value, Image.Image):
         return value
@@ -89,8 +89,8 @@ class AnomalyTransform:
         for i in range(size):
             where = f"image {ids[i]!r}" if ids[i] else f"example {i} of the batch"
             label = label_to_id(batch["label"][i], where)
-            image = _as_pil(images[i], where)
-            mask = None if masks[i] is None else _as_pil(masks[i], f"mask of {where}")
+            image = as_pil(images[i], where)
+            mask = None if masks[i] is None else as_pil(masks[i], f"mask of {where}")
             if mask is not None and mask.size != image.size:
                 raise SchemaError(
                     f"mask of {where} is {mask.size[0]}x{mask.size[1]} but the image is "
