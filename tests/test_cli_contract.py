@@ -73,6 +73,10 @@ def world(tmp_path_factory, tiny_backbone):
     make_synthetic_dataset(3, 3, size=28, textures=["grid"], seed=0).save_to_disk(str(root / "grid"))
     (root / "full").mkdir()
     (root / "full" / "old.txt").write_text("earlier results")
+    AnomalyCLIPModel.from_backbone(tiny_backbone, image_size=28).save_pretrained(root / "agnostic")
+    AnomalyCLIPModel.from_backbone(tiny_backbone, image_size=28).save_pretrained(root / "typed")
+    typed = json.loads((root / "typed" / "config.json").read_text())
+    (root / "typed" / "config.json").write_text(json.dumps({**typed, "image_size": "56"}))
     (root / "a-file").write_text("not a folder")
     return {"root": root, "images": images, "backbone": tiny_backbone}
 
@@ -107,6 +111,20 @@ ZSAD_ROWS = [
     ("backbone not on this machine", ["detect", "{images}", "--model", "{root}/moved"], "--backbone DIR"),
     ("NaN float image", ["detect", "{root}/nan.tiff", "--model", "zero-shot-clip", "--backbone", "{backbone}", "--image-size", "28"], "nan.tiff has NaN"),
     ("raw MVTec folder", ["evaluate", "{root}/raw_mvtec", "--model", "zero-shot-clip", "--backbone", "{backbone}"], "zsad convert mvtec"),
+    # Round 2 (issue 26): one row per new observation.
+    ("export into a non-empty folder", ["export", "zero-shot-clip", "{root}/full", "--backbone", "{backbone}"], "--overwrite"),
+    ("calibrate --out non-empty", ["calibrate", "{root}/grid", "--model", "zero-shot-clip", "--backbone", "{backbone}",
+                                   "--out", "{root}/full"], "--overwrite"),
+    ("calibrate --out unwritable", ["calibrate", "{root}/grid", "--model", "zero-shot-clip", "--backbone", "{backbone}",
+                                    "--out", "{root}/a-file/x"], "cannot write to --out"),
+    ("string image_size in config.json", ["detect", "{images}", "--model", "{root}/typed"], "config field image_size must be int"),
+    ("misspelled --model-config", ["train", "--method", "anomalyclip", "--dataset", "{root}/grid", "--output-dir", "{root}/t",
+                                   "--model-config", "num_context_token=3"], "did you mean num_context_tokens?"),
+    ("--save-masks without a threshold", ["detect", "{images}", "--model", "zero-shot-clip", "--backbone", "{backbone}",
+                                          "--save-masks"], "no pixel threshold"),
+    ("--class-name on an object-agnostic model", ["detect", "{images}", "--model", "{root}/agnostic", "--class-name", "screw"],
+     "object-agnostic prompts"),
+    ("unknown registry name", ["detect", "{images}", "--model", "crane-mvtc"], "no such file or folder: crane-mvtc"),
 ]
 
 
@@ -116,7 +134,7 @@ def test_zsad_user_errors_are_one_line_exit_2(world, argv, expected, tmp_path, c
         pytest.skip("CUDA is available here")
     values = {**{k: str(v) for k, v in world.items()}, "read_only": _read_only_dir(world["root"]) if "{read_only}" in argv else ""}
     argv = [a.format(**values) for a in argv]
-    if "--out" not in argv:
+    if "--out" not in argv and argv[0] in ("detect", "evaluate", "calibrate", "benchmark"):
         argv += ["--out", str(tmp_path / "out")]
     assert main(argv) == 2
     line = _one_error_line(capsys.readouterr().err)

@@ -384,3 +384,15 @@ def test_evaluate_panels_are_drawn_on_the_original_image_and_stay_readable(tiny_
     original = Image.new("RGB", (96, 64), (200, 10, 10))
     panel = anomaly_panel(original, np.zeros((28, 28)), score=0.5, title="a rather long title that must fit.png")
     assert panel.height > 256 * 64 // 96 and panel.getpixel((10, panel.height - 10)) == (200, 10, 10)
+
+
+def test_convert_names_a_zero_byte_image_without_a_misleading_warning_first(tmp_path, capsys):
+    """Observed: `convert mvtec` on a zero-byte image printed a "no mask" warning before the real error."""
+    category = tmp_path / "src" / "screw"
+    for sub in ("test/good", "test/scratch", "ground_truth/scratch"):
+        (category / sub).mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(category / "test/good/000.png")
+    (category / "test/scratch/001.png").write_bytes(b"")  # zero bytes, and no mask either
+    assert main(["convert", "mvtec", str(tmp_path / "src"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "001.png" in err[0] and "corrupt or unreadable image" in err[0], err

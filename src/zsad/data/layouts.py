@@ -50,7 +50,9 @@ class Sample:
 
 @dataclass
 class ProblemLog:
-    """Collects per-file problems: raise at once (strict) or keep them as warnings (`skip_invalid`)."""
+    """Collects per-file problems: raise at once (strict) or keep them as warnings (`skip_invalid`); notes
+    about usable but suspicious data are warned about once the conversion has succeeded (`warn_notes`),
+    so a later fatal error is never preceded by a warning about something else."""
 
     skip_invalid: bool = False
     skipped: list[str] = field(default_factory=list)
@@ -64,7 +66,10 @@ class ProblemLog:
 
     def note(self, message: str) -> None:
         self.notes.append(message)
-        warnings.warn(message, DataWarning, stacklevel=3)
+
+    def warn_notes(self) -> None:
+        for message in self.notes:
+            warnings.warn(message, DataWarning, stacklevel=3)
 
 
 def _visible(path: Path) -> bool:

@@ -407,6 +407,7 @@ def write_samples(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    log.warn_notes()
     return report
 
 
