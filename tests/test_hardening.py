@@ -396,3 +396,39 @@ def test_convert_names_a_zero_byte_image_without_a_misleading_warning_first(tmp_
     assert main(["convert", "mvtec", str(tmp_path / "src"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "001.png" in err[0] and "corrupt or unreadable image" in err[0], err
+
+
+def test_evaluate_resume_gives_the_metrics_of_an_uninterrupted_run_and_rescores_nothing(tiny_backbone, tmp_path, capsys,
+                                                                                        monkeypatch):
+    import json
+
+    from zsad.data import make_synthetic_dataset
+    from zsad.models.zsad_clip.modeling_zsad_clip import ZeroShotCLIPModel
+
+    make_synthetic_dataset(5, 5, size=28, textures=["grid", "dots"], seed=0).save_to_disk(str(tmp_path / "data"))
+    argv = ["evaluate", str(tmp_path / "data"), "--model", "zero-shot-clip", "--backbone", tiny_backbone,
+            "--image-size", "28", "--batch-size", "3"]
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    calls = []
+    forward = ZeroShotCLIPModel.forward
+
+    def counted(self, *args, **kwargs):
+        calls.append(kwargs["pixel_values"].shape[0])
+        if len(calls) == 3 and not resumed:
+            raise KeyboardInterrupt  # Ctrl-C or SIGTERM during the third batch
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(ZeroShotCLIPModel, "forward", counted)
+    resumed = False
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "cut")]) == 130
+    assert "to continue, run the same command with --resume" in capsys.readouterr().err
+    calls.clear()
+    resumed = True
+    assert main([*argv, "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    assert sum(calls) == 20 - 2 * 3  # only the images the interrupted run had not scored
+    whole = json.loads((tmp_path / "whole" / "data" / "metrics.json").read_text())
+    cut = json.loads((tmp_path / "cut" / "data" / "metrics.json").read_text())
+    assert cut == whole
+    assert not (tmp_path / "cut" / "data" / "partial").exists()
+    assert main([*argv, "--out", str(tmp_path / "cut"), "--resume", "--aupro", "binned"]) == 2  # other settings

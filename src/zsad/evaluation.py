@@ -29,8 +29,12 @@ def evaluate_model(
     max_heatmaps_per_category: int = 0,
     show_progress: bool = True,
     original_images=None,
+    results_log: ResultsLog | None = None,
 ) -> dict[str, Any]:
     """Run `model` over `dataloader` and return `AnomalyMetrics.compute()` of all processes together.
+
+    With a `results_log`, the batches it holds from an interrupted run are counted first and every new
+    batch's results are saved as it is scored (the dataloader then holds only the images not yet scored).
 
     With an `accelerator`, the dataloader must be prepared by it (use `even_batches=False`) and the
     accumulators of all processes are merged; every process gets the same results. Heat-map overlays
@@ -44,14 +48,76 @@ def evaluate_model(
     main_process = accelerator is None or accelerator.is_main_process
     saved: dict[tuple[str, int], int] = {}
     model.eval()
+    for output, batch in results_log.load() if results_log is not None else ():
+        metrics.update(output, batch)
     for batch in progress(dataloader, desc="evaluate", unit="batch", disable=not (show_progress and main_process)):
         output = model(**model_inputs(batch, with_targets=False))
         metrics.update(output, batch)
+        if results_log is not None:
+            results_log.save(output, batch)
         if heatmap_dir is not None and max_heatmaps_per_category > 0:
             _save_heatmaps(batch, output, Path(heatmap_dir), saved, max_heatmaps_per_category, original_images)
     if accelerator is not None:
         metrics = metrics.gather(accelerator)
     return metrics.compute()
+
+
+class ResultsLog:
+    """The results of one dataset's evaluation, saved batch by batch as they are scored
+    (`<folder>/partial/<n>.safetensors`: scores, maps, labels, masks, categories, image ids), so that
+    `zsad evaluate --resume` continues an interrupted run and gives exactly the metrics of an uninterrupted
+    one (the batches already scored are replayed into the metrics, the rest are scored in the same
+    batches). Removed once the dataset's metrics are written."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder) / "partial"
+
+    def parts(self) -> list[Path]:
+        return sorted(self.folder.glob("*.safetensors"), key=lambda p: int(p.stem)) if self.folder.is_dir() else []
+
+    def num_scored(self) -> int:
+        """How many rows the saved batches hold: the dataloader's first rows (it runs in order)."""
+        from safetensors import safe_open
+
+        count = 0
+        for part in self.parts():
+            with safe_open(str(part), framework="pt") as handle:
+                count += len(json.loads(handle.metadata()["image_ids"]))
+        return count
+
+    def load(self):
+        """`(output, batch)` pairs of the saved batches, in order."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        for part in self.parts():
+            with safe_open(str(part), framework="pt") as handle:
+                metadata = handle.metadata()
+            tensors = load_file(str(part))
+            output = {"pred_scores": tensors["pred_scores"], "anomaly_maps": tensors.get("anomaly_maps")}
+            batch = {"labels": tensors["labels"], "masks": tensors.get("masks"), "has_mask": tensors["has_mask"].bool(),
+                     "categories": json.loads(metadata["categories"]), "image_ids": json.loads(metadata["image_ids"])}
+            yield output, batch
+
+    def save(self, output, batch) -> None:
+        from .file_modes import save_safetensors
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        index = len(self.parts())
+        tensors = {"pred_scores": output.pred_scores.detach().float().cpu(), "labels": batch["labels"].cpu(),
+                   "has_mask": batch["has_mask"].to(torch.uint8).cpu()}
+        if output.anomaly_maps is not None:
+            tensors["anomaly_maps"] = output.anomaly_maps.detach().float().cpu()
+            tensors["masks"] = (batch["masks"] > 0.5).to(torch.uint8).cpu()
+        metadata = {"categories": json.dumps(list(batch["categories"])), "image_ids": json.dumps(list(batch["image_ids"]))}
+        partial = self.folder / f".{index}.tmp"
+        save_safetensors({k: v.contiguous() for k, v in tensors.items()}, partial, metadata=metadata)
+        os.replace(partial, self.folder / f"{index}.safetensors")  # a part is complete or absent
+
+    def clear(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def original_image_lookup(dataset):
@@ -80,10 +146,11 @@ def _save_heatmaps(batch, output, folder: Path, saved: dict[tuple[str, int], int
     """Panels (image | overlay with the ground-truth outline | colour bar, with score and decision), per
     category and label up to its quota, on the original image at its own size (`original_images`), else
     on the de-normalised input. Absolute probability colours."""
+    from PIL import Image
+
     from .clip.processing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
     from .modeling_outputs import LABELS
     from .visualize import anomaly_panel
-    from PIL import Image
 
     mean = torch.tensor(OPENAI_CLIP_MEAN).view(3, 1, 1)
     std = torch.tensor(OPENAI_CLIP_STD).view(3, 1, 1)
@@ -171,14 +238,16 @@ def evaluate_datasets(
     model_name: str | None = None,
     normal_references: str | os.PathLike | None = None,
     log=print,
+    resumable: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate `model` on every dataset in `sources`; write `<output_dir>/<name>/metrics.{json,md}`.
 
     Class-aware models (AdaCLIP) get prompts for every category of the datasets first. With an
     `accelerator`, the model and each dataloader are prepared here and the metrics of all processes
     are merged. With `normal_references` (a folder), each category is scored few-shot with the
-    images in `normal_references/<category>/` (docs/few_shot.md; one process only). Returns
-    `{source: results}`.
+    images in `normal_references/<category>/` (docs/few_shot.md; one process only). `resumable` saves
+    each batch's results as it goes (`ResultsLog`) and continues from those an interrupted run left in
+    `output_dir` (one process, without normal references). Returns `{source: results}`.
     """
     from torch.utils.data import DataLoader
 
@@ -187,6 +256,8 @@ def evaluate_datasets(
 
     if normal_references is not None and accelerator is not None:
         raise ValueError("evaluation with normal references runs in one process (no accelerator)")
+    if resumable and accelerator is not None:
+        raise ValueError("a resumable evaluation runs in one process (no accelerator)")
     datasets = {source: load_anomaly_dataset(source, split=split, categories=categories) for source in sources}
     if model.class_aware:
         model.set_class_names(sorted({name for ds in datasets.values() for name in ds["category"]}))
@@ -197,13 +268,19 @@ def evaluate_datasets(
         model = accelerator.prepare(model)
     all_results = {}
     for source, dataset in datasets.items():
+        folder = Path(output_dir) / (Path(source).name or source.replace("/", "__"))
+        # Resumable in the plain pass, whose batches follow the rows in order (not per category with references).
+        results_log = ResultsLog(folder) if resumable and normal_references is None else None
+        done = results_log.num_scored() if results_log is not None else 0
+        if done:
+            log(f"{source}: {done} image(s) already scored by the interrupted run")
+            dataset = dataset.select(range(done, len(dataset)))
         if normal_references is not None:
             dataloader = _batches_with_references(model, dataset, processor, batch_size, Path(normal_references))
         else:
             dataloader = DataLoader(with_anomaly_transform(dataset, processor), batch_size=batch_size, collate_fn=collate_fn)
         if accelerator is not None:
             dataloader = accelerator.prepare(dataloader)
-        folder = Path(output_dir) / (Path(source).name or source.replace("/", "__"))
         results = evaluate_model(
             model,
             dataloader,
@@ -212,6 +289,7 @@ def evaluate_datasets(
             heatmap_dir=folder / "heatmaps" if main_process else None,
             max_heatmaps_per_category=heatmaps_per_category,
             original_images=original_image_lookup(dataset) if heatmaps_per_category else None,
+            results_log=results_log,
         )
         if main_process:
             title = f"{model_name} on {source}" + (f" ({split})" if split else "")
@@ -219,5 +297,7 @@ def evaluate_datasets(
             json_path, markdown_path = write_report(results, folder, title=title, extra=extra)
             log(markdown_path.read_text(encoding="utf-8"))
             log(f"wrote {json_path} and {markdown_path}")
+        if results_log is not None:
+            results_log.clear()
         all_results[source] = results
     return all_results
