@@ -432,3 +432,36 @@ def test_evaluate_resume_gives_the_metrics_of_an_uninterrupted_run_and_rescores_
     assert cut == whole
     assert not (tmp_path / "cut" / "data" / "partial").exists()
     assert main([*argv, "--out", str(tmp_path / "cut"), "--resume", "--aupro", "binned"]) == 2  # other settings
+
+
+def test_push_dry_run_lists_the_training_log_and_the_docs_say_it_is_uploaded(tiny_backbone, tmp_path, capsys):
+    """Observed: `push --dry-run` listed train_log.jsonl although the docs did not say it was uploaded."""
+    from zsad import AnomalyCLIPModel
+
+    folder = tmp_path / "trained"
+    AnomalyCLIPModel.from_backbone(tiny_backbone, image_size=28).save_pretrained(folder)
+    (folder / "train_log.jsonl").write_text('{"step": 1, "epoch": 0, "loss": 1.0}\n')
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "state.bin").write_bytes(b"x")
+    (folder / ".zsad-lock").write_text("")
+    assert main(["push", str(folder), "acme/trained", "--dry-run"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert "train_log.jsonl" in listed and not any(name.startswith(("checkpoints", ".zsad")) for name in listed)
+    push_docs = (ROOT / "docs" / "cli.md").read_text().split("## `zsad push`")[1]
+    assert "train_log.jsonl" in push_docs.split("##")[0]
+
+
+def test_calibrate_takes_image_size_and_the_options_have_help_text(tiny_backbone, tmp_path, capsys):
+    from zsad.data import make_synthetic_dataset
+
+    make_synthetic_dataset(3, 3, size=40, textures=["grid"], seed=0).save_to_disk(str(tmp_path / "data"))
+    assert main(["calibrate", str(tmp_path / "data"), "--model", "zero-shot-clip", "--backbone", tiny_backbone,
+                 "--image-size", "28", "--out", str(tmp_path / "calibrated"), "--quiet"]) == 0
+    assert main(["calibrate", str(tmp_path / "data"), "--model", "zero-shot-clip", "--image-size", "0",
+                 "--out", str(tmp_path / "other")]) == 2
+    capsys.readouterr()
+    subparsers = next(a for a in build_parser()._actions if isinstance(a.choices, dict)).choices
+    for command in ("detect", "evaluate", "benchmark", "calibrate", "export", "models", "import-checkpoint", "push"):
+        undocumented = [action.option_strings or [action.dest] for action in subparsers[command]._actions
+                        if not action.help]
+        assert not undocumented, (command, undocumented)  # every option says what it does

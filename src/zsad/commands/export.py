@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("model", help="a registry name (zsad models), a zsad checkpoint folder or a Hub id")
     parser.add_argument("out", help="output folder, empty or new (model.onnx, preprocessor_config.json, onnx_config.json)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT (files of the same names are replaced)")
-    parser.add_argument("--format", default="onnx", choices=["onnx"])
+    parser.add_argument("--format", default="onnx", choices=["onnx"], help="the export format (onnx)")
     parser.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
     parser.add_argument("--backbone", help="a local mirror of the checkpoint's CLIP backbone")
     add_output_flags(parser, suppress_default=True)
