@@ -3,6 +3,7 @@ results are replaced atomically, and every command that writes a folder honours 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -188,7 +189,6 @@ def test_train_help_lists_each_option_once(capsys):
 
 def test_sigterm_stops_training_like_ctrl_c_with_a_checkpoint_and_the_resume_command(tiny_backbone, tmp_path):
     """Schedulers and `timeout` send SIGTERM: training saves its state and prints how to resume."""
-    import signal
 
     from zsad.data import make_synthetic_dataset
 
@@ -200,17 +200,7 @@ def test_sigterm_stops_training_like_ctrl_c_with_a_checkpoint_and_the_resume_com
          "--max-train-steps", "100000", "--output-dir", str(out)],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
-    try:
-        log = out / "train_log.jsonl"
-        deadline = time.monotonic() + 120
-        while process.poll() is None and not (log.is_file() and log.read_text().count("\n") >= 2) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        process.send_signal(signal.SIGSTOP)  # so that the signal arrives mid-run however fast the machine
-        process.send_signal(signal.SIGTERM)
-        process.send_signal(signal.SIGCONT)
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        process.kill()
+    stderr = _terminate_once_written(process, out / "train_log.jsonl", lines=2)
     assert process.returncode == 130, stderr[-2000:]
     message = stderr.strip().splitlines()[-1]
     assert message.startswith("zsad train: interrupted at step") and "state saved in" in message
@@ -218,17 +208,28 @@ def test_sigterm_stops_training_like_ctrl_c_with_a_checkpoint_and_the_resume_com
     stopped = int(message.split("interrupted at step ")[1].split(";")[0])
     saved = [p for p in (out / "checkpoints").iterdir() if (p / "zsad_training_state.json").is_file()]
     assert len(saved) == 1
-    assert json_load(saved[0] / "zsad_training_state.json")["global_step"] == stopped
+    assert json.loads((saved[0] / "zsad_training_state.json").read_text())["global_step"] == stopped
 
 
-def json_load(path: Path) -> dict:
-    import json
+def _terminate_once_written(process: subprocess.Popen, path: Path, lines: int) -> str:
+    """SIGTERM to `process` once `path` has `lines` lines (paused around the signal, so that it arrives mid-run
+    however fast the machine); returns its stderr."""
+    import signal
 
-    return json.loads(path.read_text())
+    try:
+        deadline = time.monotonic() + 120
+        while process.poll() is None and not (path.is_file() and path.read_text().count("\n") >= lines) \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+        process.send_signal(signal.SIGSTOP)
+        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGCONT)
+        return process.communicate(timeout=120)[1]
+    finally:
+        process.kill()
 
 
 def test_sigterm_stops_detect_like_ctrl_c_keeping_the_finished_rows(tiny_backbone, tmp_path):
-    import signal
 
     out = tmp_path / "out"
     process = subprocess.Popen(
@@ -236,17 +237,8 @@ def test_sigterm_stops_detect_like_ctrl_c_keeping_the_finished_rows(tiny_backbon
          "--backbone", tiny_backbone, "--image-size", "28", "--batch-size", "1", "--out", str(out), "--quiet"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    try:
-        deadline = time.monotonic() + 120
-        scores = out / "scores.csv"
-        while process.poll() is None and not (scores.is_file() and scores.read_text().count("\n") >= 5) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        process.send_signal(signal.SIGSTOP)  # so that the signal arrives mid-run however fast the machine
-        process.send_signal(signal.SIGTERM)
-        process.send_signal(signal.SIGCONT)
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        process.kill()
+    scores = out / "scores.csv"
+    stderr = _terminate_once_written(process, scores, lines=5)
     assert process.returncode == 130, stderr[-2000:]
     assert "to continue, run the same command with --resume" in stderr
     assert scores.read_text().count("\n") >= 5  # the rows scored before the signal are kept
@@ -260,7 +252,6 @@ def test_sigterm_stops_detect_like_ctrl_c_keeping_the_finished_rows(tiny_backbon
 def test_a_saved_config_value_of_the_wrong_type_is_one_line_naming_file_field_and_value(
         field, value, expected, tiny_backbone, tmp_path, capsys):
     """Observed: `image_size: "56"` in config.json ended as exit 1 'internal error: TypeError'."""
-    import json
 
     from zsad import AnomalyCLIPModel
 
@@ -291,7 +282,6 @@ def test_model_config_overrides_are_typed_and_closed(override, expected, tmp_pat
 
 
 def test_an_unknown_field_in_a_saved_config_loads_with_a_warning(tiny_backbone, tmp_path):
-    import json
 
     from zsad import AnomalyCLIPModel
 
@@ -400,7 +390,6 @@ def test_convert_names_a_zero_byte_image_without_a_misleading_warning_first(tmp_
 
 def test_evaluate_resume_gives_the_metrics_of_an_uninterrupted_run_and_rescores_nothing(tiny_backbone, tmp_path, capsys,
                                                                                         monkeypatch):
-    import json
 
     from zsad.data import make_synthetic_dataset
     from zsad.models.zsad_clip.modeling_zsad_clip import ZeroShotCLIPModel
