@@ -66,7 +66,7 @@ def main() -> None:
         processor = model.image_processor()
         with torch.no_grad():
             output = model(**processor(image))
-        anomaly_map = processor.post_process_anomaly_maps(output, [image.size[::-1]])[0]
+        anomaly_map = processor.post_process_anomaly_detection(output, [image.size[::-1]])[0]["anomaly_map"]
         anomaly_panel(image, anomaly_map, score=float(output.pred_scores[0]), label=LABELS[int(output.pred_labels[0])],
                       ground_truth=np.asarray(mask) > 0, title=path.name).save(out / "panel.png")
 

@@ -1,5 +1,5 @@
 """Inference API: the `zero-shot-anomaly-detection` pipeline, the image processor round trip and
-`post_process_anomaly_maps`, thresholds -> `pred_labels` / `pred_masks` (docs/inference.md)."""
+`post_process_anomaly_detection`, thresholds -> `pred_labels` / `pred_masks` (docs/inference.md)."""
 
 import numpy as np
 import pytest
@@ -156,18 +156,33 @@ def test_auto_image_processor_round_trip(checkpoint, tiny_anomalyclip):
     assert type(again) is ZSADImageProcessor and again.image_size == 28 and again.image_mean == processor.image_mean
 
 
-def test_post_process_anomaly_maps_sizes_and_values():
+def test_post_process_anomaly_detection_follows_transformers_convention():
+    """A list of dicts, one per image (issue 27); target_sizes optional; labels and masks from thresholds."""
+    processor = ZSADImageProcessor(image_size=8)
+    maps = torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(0))
+    outputs = zsad.AnomalyDetectionOutput(anomaly_maps=maps, pred_scores=torch.tensor([0.2, 0.7]))
+    results = processor.post_process_anomaly_detection(outputs, target_sizes=[(30, 20), (8, 8)])
+    assert [sorted(r) for r in results] == [["anomaly_map", "pred_score"]] * 2
+    assert [tuple(r["anomaly_map"].shape) for r in results] == [(30, 20), (8, 8)]
+    assert torch.equal(results[1]["anomaly_map"], maps[1])  # same size: unchanged
+    expected = F.interpolate(maps[:1, None], size=(30, 20), mode="bilinear", align_corners=False)[0, 0]
+    assert torch.allclose(results[0]["anomaly_map"], expected)
+    assert [r["pred_score"] for r in results] == pytest.approx([0.2, 0.7])
+    at_input = processor.post_process_anomaly_detection(outputs)  # no target_sizes: the input size
+    assert torch.equal(at_input[0]["anomaly_map"], maps[0])
+    decided = processor.post_process_anomaly_detection(outputs, [(30, 20), (8, 8)], image_threshold=0.5, pixel_threshold=0.5)
+    assert [r["pred_label"] for r in decided] == [0, 1]
+    assert torch.equal(decided[0]["pred_mask"], expected >= 0.5)
+    with pytest.raises(ValueError, match="2 anomaly maps but 1 target sizes"):
+        processor.post_process_anomaly_detection(outputs, target_sizes=[(4, 4)])
+
+
+def test_post_process_anomaly_maps_is_deprecated_but_still_works():
     processor = ZSADImageProcessor(image_size=8)
     maps = torch.rand(2, 8, 8)
-    outputs = zsad.AnomalyDetectionOutput(anomaly_maps=maps)
-    resized = processor.post_process_anomaly_maps(outputs, target_sizes=[(30, 20), (8, 8)])
-    assert [tuple(r.shape) for r in resized] == [(30, 20), (8, 8)]
-    assert torch.equal(resized[1], maps[1])  # same size: unchanged
-    expected = F.interpolate(maps[:1, None], size=(30, 20), mode="bilinear", align_corners=False)[0, 0]
-    assert torch.allclose(resized[0], expected)
-    assert float(resized[0].min()) >= float(maps[0].min()) and float(resized[0].max()) <= float(maps[0].max())
-    with pytest.raises(ValueError, match="2 anomaly maps but 1 target sizes"):
-        processor.post_process_anomaly_maps(outputs, target_sizes=[(4, 4)])
+    with pytest.warns(FutureWarning, match="post_process_anomaly_detection"):
+        resized = processor.post_process_anomaly_maps(zsad.AnomalyDetectionOutput(anomaly_maps=maps), [(30, 20), (8, 8)])
+    assert [tuple(r.shape) for r in resized] == [(30, 20), (8, 8)] and torch.equal(resized[1], maps[1])
 
 
 def test_auto_image_processor_with_remote_code_needs_no_import(checkpoint, tmp_path):

@@ -130,7 +130,7 @@ class ZeroShotAnomalyDetectionPipeline(Pipeline):
         score = float(model_outputs["pred_scores"].float().reshape(-1)[0])
         size = model_outputs["original_size"]
         maps = model_outputs["anomaly_maps"].reshape(1, *model_outputs["anomaly_maps"].shape[-2:]).cpu()
-        anomaly_map = self.image_processor.post_process_anomaly_maps(maps, [size])[0]
+        anomaly_map = self.image_processor.post_process_anomaly_detection(maps, [size])[0]["anomaly_map"]
         label = None if image_threshold is None else LABELS[int(exceeds(torch.tensor(score), image_threshold))]
         mask = None
         if pixel_threshold is not None:

@@ -193,28 +193,66 @@ class ZSADImageProcessor(BaseImageProcessor):
 
     preprocess = __call__
 
-    def post_process_anomaly_maps(
-        self, outputs: Any, target_sizes: Sequence[tuple[int, int]] | torch.Tensor
-    ) -> list[torch.Tensor]:
-        """Anomaly maps at the original image sizes: one `(height, width)` float32 tensor per image.
+    def post_process_anomaly_detection(
+        self,
+        outputs: Any,
+        target_sizes: Sequence[tuple[int, int]] | torch.Tensor | None = None,
+        *,
+        image_threshold: float | None = None,
+        pixel_threshold: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """One dict per image, as transformers' `post_process_*` methods return them:
 
-        `outputs` is a model output (or any object with `anomaly_maps (B, S, S)`, or that tensor);
-        `target_sizes` holds one `(height, width)` per image, as transformers' `post_process_*` methods
-        (PIL's `image.size` is `(width, height)`: pass `image.size[::-1]`). Bilinear resizing, no rescaling
-        of the values: the maps stay probabilities.
+        - `anomaly_map`: `(height, width)` float32 probabilities, bilinearly resized to the image's
+          `target_sizes` entry (`(height, width)`; PIL's `image.size[::-1]`), or at the model's input size
+          when `target_sizes` is None;
+        - `pred_score`: the image's anomaly probability (a float);
+        - `pred_label` (0 normal / 1 anomalous) when `image_threshold` is given or the output has
+          `pred_labels` (a model whose config has a threshold);
+        - `pred_mask`: `(height, width)` bool, the resized map `>= pixel_threshold`, when `pixel_threshold` is
+          given or the output has `pred_masks` (then their nearest-neighbour resize).
         """
+        from ..modeling_outputs import exceeds
+
         maps = outputs if isinstance(outputs, torch.Tensor) else outputs.anomaly_maps
         if maps.dim() != 3:
             raise ValueError(f"anomaly_maps must have shape (B, H, W); got {tuple(maps.shape)}")
-        sizes = [tuple(int(v) for v in size) for size in target_sizes]
+        sizes = [tuple(maps.shape[-2:])] * maps.shape[0] if target_sizes is None else [tuple(int(v) for v in size) for size in target_sizes]
         if len(sizes) != maps.shape[0]:
             raise ValueError(f"got {maps.shape[0]} anomaly maps but {len(sizes)} target sizes")
-        resized = []
-        for anomaly_map, size in zip(maps, sizes):
+        scores = getattr(outputs, "pred_scores", None)
+        labels = getattr(outputs, "pred_labels", None)
+        masks = getattr(outputs, "pred_masks", None)
+        results = []
+        for index, (anomaly_map, size) in enumerate(zip(maps, sizes)):
             if len(size) != 2 or min(size) <= 0:
                 raise ValueError(f"target sizes must be (height, width) pairs of positive integers; got {size}")
-            resized.append(resize_map(anomaly_map, size))
-        return resized
+            result: dict[str, Any] = {"anomaly_map": resize_map(anomaly_map, size)}
+            if scores is not None:
+                result["pred_score"] = float(scores[index])
+                if image_threshold is not None:
+                    result["pred_label"] = int(exceeds(scores[index], image_threshold))
+            if labels is not None and "pred_label" not in result:
+                result["pred_label"] = int(labels[index])
+            if pixel_threshold is not None:
+                result["pred_mask"] = exceeds(result["anomaly_map"], pixel_threshold)
+            elif masks is not None:
+                mask = masks[index].float()[None, None]
+                result["pred_mask"] = F.interpolate(mask, size=size, mode="nearest")[0, 0] > 0.5
+            results.append(result)
+        return results
+
+    def post_process_anomaly_maps(
+        self, outputs: Any, target_sizes: Sequence[tuple[int, int]] | torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Deprecated (kept for this release): the `anomaly_map` entries of `post_process_anomaly_detection`."""
+        warnings.warn("post_process_anomaly_maps is deprecated and will be removed in the next release: use "
+                      "post_process_anomaly_detection(outputs, target_sizes), which returns one dict per image "
+                      "(anomaly_map, pred_score, pred_label, pred_mask) like transformers' post_process_* methods",
+                      FutureWarning, stacklevel=2)
+        if target_sizes is None:
+            raise ValueError("post_process_anomaly_maps needs target_sizes")
+        return [result["anomaly_map"] for result in self.post_process_anomaly_detection(outputs, target_sizes)]
 
 
 def resize_map(anomaly_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -138,7 +138,7 @@ def save_map_files(out_dir: Path, name: str, anomaly_map, size: tuple[int, int],
 
     from ..modeling_outputs import exceeds
 
-    resized = processor.post_process_anomaly_maps(anomaly_map[None], [size])[0].clamp(0, 1)
+    resized = processor.post_process_anomaly_detection(anomaly_map[None], [size])[0]["anomaly_map"].clamp(0, 1)
     stem = Path(name).stem
     if args.save_maps:
         (out_dir / "maps").mkdir(exist_ok=True)
