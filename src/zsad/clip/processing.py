@@ -161,7 +161,9 @@ class ZSADImageProcessor(BaseImageProcessor):
         return (tensor - mean) / std
 
     def preprocess_mask(self, mask: ImageInput | None) -> torch.Tensor:
-        """One mask (any mode; non-zero = anomalous) -> `(S, S)` float32 tensor in {0, 1}."""
+        """One mask -> `(S, S)` float32 tensor in {0, 1}, as the reference code prepares ground truth: 8-bit
+        modes (L, RGB, P, ...) through `convert("L")`, 16-bit and float masks with every non-zero value
+        anomalous; then a bilinear resize to S x S and `> mask_threshold` (of 255)."""
         if mask is None:
             return torch.zeros(self.image_size, self.image_size)
         image = load_image(mask)
