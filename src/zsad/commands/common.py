@@ -1,10 +1,11 @@
-"""What every zsad command shares: the error contract, flag types, the output-folder guard, the device
-choice and the Hub check (`zsad ...`, `zsad train`, the example scripts).
+"""What every zsad command shares: the error contract, flag types, the output-folder guard (checks, lock),
+the device choice, the Hub check and quiet libraries (`zsad ...`, `zsad train`, the example scripts).
 
 A user error (a bad flag value, a missing file, an unusable output folder, unreadable data, a backbone
 that cannot be downloaded) ends the command with exit status 2 and exactly one line on stderr,
 `<prog>: error: <what is wrong, naming the file, flag or value, and what to do>`, without a traceback;
 `--debug` prints the traceback too. Anything else is a bug: one line, exit status 1, and `--debug`.
+SIGTERM stops a command as Ctrl-C does; `--verbose` lets the libraries' log lines and warnings through.
 
 This module imports neither torch nor transformers, so `zsad --help` stays fast.
 """
