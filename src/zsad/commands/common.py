@@ -284,7 +284,8 @@ def _show_warning_line(message, category, filename, lineno, file=None, line=None
 
 # Environment variables that quiet the libraries before they are imported (read at their import).
 QUIET_LIBRARIES = {"TRANSFORMERS_VERBOSITY": "error", "DATASETS_VERBOSITY": "error", "HF_HUB_VERBOSITY": "error",
-                   "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+                   "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                   "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
 
 
 def quiet_libraries() -> None:

@@ -128,11 +128,12 @@ def _download(entry: RegistryEntry, partial: Path) -> None:
     `hf_hub_download` (its own cache, resume and authentication), then copied."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.file_download import http_get
+    from tqdm.auto import tqdm  # a bar of its own: the commands silence huggingface_hub's bars, not this download's
 
     if entry.hub:
         try:
-            shutil.copyfile(hf_hub_download(entry.hub["repo_id"], entry.hub["filename"], revision=entry.hub["revision"]),
-                            partial)
+            shutil.copyfile(hf_hub_download(entry.hub["repo_id"], entry.hub["filename"], revision=entry.hub["revision"],
+                                            tqdm_class=tqdm), partial)
         except Exception as error:  # noqa: BLE001 - huggingface_hub's errors name the repository and file
             raise ReleasedModelError(f"cannot download {entry.url} ({first_line(error)}); {manual_route(entry)}") from error
         return
@@ -142,7 +143,7 @@ def _download(entry: RegistryEntry, partial: Path) -> None:
         resume = 0
     try:
         with open(partial, "ab") as handle:
-            http_get(entry.url, handle, resume_size=resume, expected_size=entry.size,
+            http_get(entry.url, handle, resume_size=resume, expected_size=entry.size, tqdm_class=tqdm,
                      displayed_filename=f"{entry.name} ({entry.file_name})")
     except Exception as error:  # noqa: BLE001 - httpx, huggingface_hub and OS errors alike end in one line
         done = partial.stat().st_size if partial.is_file() else 0
