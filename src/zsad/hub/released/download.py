@@ -128,12 +128,11 @@ def _download(entry: RegistryEntry, partial: Path) -> None:
     `hf_hub_download` (its own cache, resume and authentication), then copied."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.file_download import http_get
-    from tqdm.auto import tqdm  # a bar of its own: the commands silence huggingface_hub's bars, not this download's
 
     if entry.hub:
         try:
             shutil.copyfile(hf_hub_download(entry.hub["repo_id"], entry.hub["filename"], revision=entry.hub["revision"],
-                                            tqdm_class=tqdm), partial)
+                                            tqdm_class=download_bar()), partial)
         except Exception as error:  # noqa: BLE001 - huggingface_hub's errors name the repository and file
             raise ReleasedModelError(f"cannot download {entry.url} ({first_line(error)}); {manual_route(entry)}") from error
         return
@@ -143,12 +142,24 @@ def _download(entry: RegistryEntry, partial: Path) -> None:
         resume = 0
     try:
         with open(partial, "ab") as handle:
-            http_get(entry.url, handle, resume_size=resume, expected_size=entry.size, tqdm_class=tqdm,
+            http_get(entry.url, handle, resume_size=resume, expected_size=entry.size, tqdm_class=download_bar(),
                      displayed_filename=f"{entry.name} ({entry.file_name})")
     except Exception as error:  # noqa: BLE001 - httpx, huggingface_hub and OS errors alike end in one line
         done = partial.stat().st_size if partial.is_file() else 0
         raise ReleasedModelError(f"cannot download {entry.url} ({first_line(error)}); {done:,} bytes are kept and the "
                                  f"next run resumes, or {manual_route(entry)}") from error
+
+
+def download_bar() -> type:
+    """A tqdm class for the download's bar: drawn on a terminal only (tqdm's `disable=None`), whatever
+    huggingface_hub's progress-bar setting (the commands silence the libraries' bars, not this one)."""
+    from tqdm.auto import tqdm
+
+    class DownloadBar(tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "disable": None})
+
+    return DownloadBar
 
 
 def released_checkpoint(entry: RegistryEntry, *, backbone: str | os.PathLike | None = None,
