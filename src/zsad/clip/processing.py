@@ -105,6 +105,16 @@ def to_rgb(image: Image.Image, name: str | None = None) -> Image.Image:
     return image.convert("RGB")
 
 
+def mask_to_binary(mask: Image.Image, *, lossy: bool = False) -> np.ndarray:
+    """A ground-truth mask image -> `(H, W)` bool, anomalous where non-zero. 8-bit and colour masks (L, 1,
+    P, RGB, RGBA, ...) go through `convert("L") > 0` as the AnomalyCLIP/AdaCLIP datasets do (alpha
+    ignored); 16-bit, 32-bit and float masks are read by value, so 0/1 masks count. `lossy` (a JPEG mask,
+    whose compression smears the edges) counts only grey levels above 127."""
+    if mask.mode in _WIDE_INTEGER_MODES or mask.mode == "F":
+        return np.asarray(mask) > 0
+    return np.asarray(mask.convert("L")) > (127 if lossy else 0)
+
+
 class ZSADImageProcessorKwargs(ImagesKwargs, total=False):
     """Keyword arguments of `ZSADImageProcessor` beyond transformers' `ImagesKwargs`."""
 
@@ -161,18 +171,13 @@ class ZSADImageProcessor(BaseImageProcessor):
         return (tensor - mean) / std
 
     def preprocess_mask(self, mask: ImageInput | None) -> torch.Tensor:
-        """One mask -> `(S, S)` float32 tensor in {0, 1}, as the reference code prepares ground truth: 8-bit
-        modes (L, RGB, P, ...) through `convert("L")`, 16-bit and float masks with every non-zero value
-        anomalous; then a bilinear resize to S x S and `> mask_threshold` (of 255)."""
+        """One mask -> `(S, S)` float32 tensor in {0, 1}, as the reference datasets prepare ground truth:
+        binarised at full size by `mask_to_binary` (every non-zero pixel anomalous), as 0/255, then a
+        bilinear resize to S x S and `> mask_threshold` (of 255)."""
         if mask is None:
             return torch.zeros(self.image_size, self.image_size)
-        image = load_image(mask)
-        if image.mode in _WIDE_INTEGER_MODES or image.mode == "F":
-            array = np.asarray(image, dtype=np.float32)
-            image = Image.fromarray(((array > 0) * 255).astype(np.uint8), mode="L")
-        elif image.mode != "L":
-            image = image.convert("L")
-        resized = image.resize((self.image_size, self.image_size), resample=Image.Resampling.BILINEAR)
+        binary = Image.fromarray(mask_to_binary(load_image(mask)).astype(np.uint8) * 255, mode="L")
+        resized = binary.resize((self.image_size, self.image_size), resample=Image.Resampling.BILINEAR)
         array = np.asarray(resized, dtype=np.float32) / 255.0
         return torch.from_numpy((array > self.mask_threshold).astype(np.float32))
 

@@ -31,7 +31,7 @@ import yaml
 from datasets import ClassLabel, Features, Value
 from PIL import Image
 
-from ..clip.processing import ImageLoadError, load_image
+from ..clip.processing import ImageLoadError, load_image, mask_to_binary
 from .errors import ConversionError, DataWarning, PathLike
 from .layouts import ProblemLog, Sample
 from .schema import ANOMALY, COLUMN_DESCRIPTIONS, FEATURES, LABEL_NAMES, SPLITS
@@ -90,21 +90,6 @@ class ConversionReport:
 # --------------------------------------------------------------------------------------- sample decoding
 
 
-def _mask_to_binary(mask: Image.Image, lossy: bool) -> np.ndarray:
-    """Any mask image -> bool array; non-zero (non-black) is anomalous, alpha is ignored."""
-    if mask.mode == "1":
-        return np.asarray(mask, dtype=bool)
-    if mask.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        mask = mask.convert("RGB" if mask.mode.startswith(("RGB", "P")) else "L")
-    if mask.mode not in ("L", "I", "F", "I;16", "I;16B", "I;16L", "I;16N"):
-        mask = mask.convert("RGB")
-    array = np.asarray(mask)
-    if array.ndim == 3:
-        array = array.max(axis=-1)
-    threshold = 127 if lossy and array.dtype == np.uint8 else 0
-    return array > threshold
-
-
 def _png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -146,7 +131,7 @@ def _encode_sample(sample: Sample) -> _Encoded:
                 f"{image.size[0]}x{image.size[1]} (width x height); masks must match their image pixel for pixel",
                 sample.mask_path,
             )
-        binary = _mask_to_binary(mask, sample.mask_path.suffix.lower() in _LOSSY_MASK_EXTENSIONS)
+        binary = mask_to_binary(mask, lossy=sample.mask_path.suffix.lower() in _LOSSY_MASK_EXTENSIONS)
         empty = not binary.any()
         mask_bytes = _png_bytes(Image.fromarray(binary.astype(np.uint8) * 255, mode="L"))
     return _Encoded(image_bytes, ext, mask_bytes, empty)
