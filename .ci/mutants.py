@@ -1,9 +1,11 @@
 #!/usr/bin/env python
-"""Mutation check (issue 9; not run by CI): plant known bugs one at a time and see which test catches each.
+"""Mutation check (issues 9 and 29; not run by CI): plant known bugs one at a time and see which test
+catches each.
 
 The tree is copied once into a temporary folder; every mutant is a text substitution on one source file
-(the pattern must occur exactly once), applied, tested with `pytest -x` on a subset of test files, and
-reverted. The unmutated copy must pass first.
+(the pattern must occur exactly once), applied, tested with `pytest -x` on a subset of test files (the
+mutant's own files where it names them, e.g. the data, schedule and command mutants), and reverted. The
+unmutated copy must pass first.
 
     python .ci/mutants.py                    # every mutant, the default test subset
     python .ci/mutants.py -k blur -k sampler # mutants whose name contains one of these words
@@ -50,6 +52,7 @@ class Mutant:
     path: str
     old: str
     new: str
+    tests: tuple[str, ...] = ()  # test files to run instead of --tests
 
 
 VISION, TEXT, SCORING, LOSSES = "src/zsad/clip/vision.py", "src/zsad/clip/text.py", "src/zsad/scoring.py", "src/zsad/losses.py"
@@ -57,6 +60,11 @@ ANOMALYCLIP_CONFIG = "src/zsad/models/anomalyclip/configuration_anomalyclip.py"
 ADACLIP = "src/zsad/models/adaclip/modeling_adaclip.py"
 CRANE = "src/zsad/models/crane/modeling_crane.py"
 DACLIP, DOMAIN_EXPERTS = "src/zsad/models/daclip/modeling_daclip.py", "src/zsad/adapters/domain_experts.py"
+PROCESSING, TRAIN_COMMAND = "src/zsad/clip/processing.py", "src/zsad/commands/train.py"
+GROUND_TRUTH_TESTS = ("tests/test_ground_truth.py", "tests/test_processing.py")
+DATA_TESTS = ("tests/test_ground_truth.py", "tests/test_data_convert.py", "tests/test_data_loading.py")
+SCHEDULE_TESTS = ("tests/test_schedules.py",)
+COMMAND_TESTS = ("tests/test_command_outputs.py",)
 
 MUTANTS = [
     # --- the bug kinds issue 9 lists
@@ -202,6 +210,52 @@ MUTANTS = [
     Mutant("extra: text cache computed under the caller's autocast", "src/zsad/modeling_base.py",
            "torch.autocast(params[0].device.type, enabled=False)",
            "torch.autocast(params[0].device.type, enabled=torch.is_autocast_enabled(params[0].device.type))"),
+    # --- issue 29: data, training schedules and what the commands write (each with its own tests)
+    Mutant("data: masks resized nearest-neighbour", PROCESSING,
+           "binary.resize((self.image_size, self.image_size), resample=Image.Resampling.BILINEAR)",
+           "binary.resize((self.image_size, self.image_size), resample=Image.Resampling.NEAREST)", GROUND_TRUTH_TESTS),
+    Mutant("data: masks resized half a pixel off", PROCESSING,
+           "binary.resize((self.image_size, self.image_size), resample=Image.Resampling.BILINEAR)",
+           "binary.resize((self.image_size, self.image_size), resample=Image.Resampling.BILINEAR, "
+           "box=(0.5, 0.5, binary.width + 0.5, binary.height + 0.5))", GROUND_TRUTH_TESTS),
+    Mutant("data: 8-bit masks binarised at 127 instead of > 0", PROCESSING,
+           'mask.convert("L")) > (127 if lossy else 0)', 'mask.convert("L")) > 127', GROUND_TRUTH_TESTS),
+    # (16-bit masks read through convert("L") would be an equivalent mutant: PIL clips I;16 at 255, so > 0 holds)
+    Mutant("data: float masks read as 8-bit", PROCESSING,
+           'if mask.mode in _WIDE_INTEGER_MODES or mask.mode == "F":', "if mask.mode in _WIDE_INTEGER_MODES:",
+           GROUND_TRUTH_TESTS),
+    Mutant("data: resized masks thresholded at 0.25", PROCESSING,
+           "mask_threshold: float = 0.5,", "mask_threshold: float = 0.25,", GROUND_TRUTH_TESTS),
+    Mutant("data: the converter treats every mask as JPEG", "src/zsad/data/writer.py",
+           "lossy=sample.mask_path.suffix.lower() in _LOSSY_MASK_EXTENSIONS", "lossy=True", DATA_TESTS),
+    Mutant("data: 'ok' folders are not normal", "src/zsad/data/layouts.py",
+           'NORMAL_FOLDER_NAMES: tuple[str, ...] = ("good", "ok", "normal")',
+           'NORMAL_FOLDER_NAMES: tuple[str, ...] = ("good", "normal")', DATA_TESTS),
+    Mutant("data: boolean labels inverted", "src/zsad/data/schema.py",
+           "    if isinstance(value, bool):\n        return int(value)", "    if isinstance(value, bool):\n        return 1 - int(value)",
+           DATA_TESTS),
+    Mutant("data: normal images without a mask lose their pixel ground truth", "src/zsad/data/transforms.py",
+           'out["has_mask"].append(mask is not None or label == NORMAL)', 'out["has_mask"].append(mask is not None)',
+           DATA_TESTS),
+    Mutant("schedule: steps per epoch rounded down", TRAIN_COMMAND,
+           "steps_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)",
+           "steps_per_epoch = len(dataloader) // args.gradient_accumulation_steps", SCHEDULE_TESTS),
+    Mutant("schedule: epochs for --max-train-steps rounded down", TRAIN_COMMAND,
+           "num_epochs = math.ceil(max_train_steps / steps_per_epoch)",
+           "num_epochs = max(1, max_train_steps // steps_per_epoch)", SCHEDULE_TESTS),
+    Mutant("schedule: resume skips optimizer steps, not batches", TRAIN_COMMAND,
+           "skip_batches = done_in_epoch * args.gradient_accumulation_steps", "skip_batches = done_in_epoch",
+           SCHEDULE_TESTS),
+    Mutant("commands: macro average of the first category only", "src/zsad/metrics/accumulator.py",
+           'macro[k] = float(np.mean(vals)) if vals else float("nan")',
+           'macro[k] = float(vals[0]) if vals else float("nan")', COMMAND_TESTS),
+    Mutant("commands: detect writes scores rounded", "src/zsad/commands/detect.py",
+           '"score": repr(score)', '"score": repr(round(score, 2))', COMMAND_TESTS),
+    Mutant("commands: detect sorts the images it was given", "src/zsad/commands/detect.py",
+           "    return list(found)\n", "    return sorted(found)\n", COMMAND_TESTS),
+    Mutant("commands: calibrated threshold one curve point too high", "src/zsad/metrics/classification.py",
+           "return float(thresholds[best]), float(max(f1[best], 0.0))",
+           "return float(thresholds[max(best - 1, 0)]), float(max(f1[best], 0.0))", COMMAND_TESTS),
 ]
 
 
@@ -250,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         tree = Path(scratch)
         copy_tree(tree)
         start = time.time()
-        passed, failure = run_tests(tree, args.tests, args.timeout)
+        own_tests = sorted({test for mutant in mutants for test in mutant.tests})
+        passed, failure = run_tests(tree, list(dict.fromkeys([*args.tests, *own_tests])), args.timeout)
         if not passed:
             print(f"the unmutated tree fails ({failure}); fix that first", file=sys.stderr)
             return 1
@@ -263,15 +318,16 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(original.replace(mutant.old, mutant.new))
             start = time.time()
             try:
-                passed, failure = run_tests(tree, args.tests, args.timeout)
+                passed, failure = run_tests(tree, list(mutant.tests) or args.tests, args.timeout)
             finally:
                 path.write_text(original)
             survivors += passed
             print(f"| {mutant.name} | {'**no**' if passed else 'yes'} | {failure} | {time.time() - start:.0f} |", flush=True)
         caught = len(mutants) - survivors
         issue = [m for m in mutants if m.name.startswith("issue:")]
+        outside = [m for m in mutants if m.tests]
         print(f"\n{caught} of {len(mutants)} mutants caught ({len(issue)} of the kinds issue 9 names, "
-              f"{len(mutants) - len(issue)} further ones)")
+              f"{len(outside)} in data, schedules and commands, {len(mutants) - len(issue) - len(outside)} further ones)")
     return 1 if survivors else 0
 
 

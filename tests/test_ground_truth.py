@@ -138,3 +138,13 @@ def test_converted_mvtec_masks_reach_the_batch_as_the_reference_prepares_them(tm
         else:
             assert not np.asarray(example["mask"]).any()
     assert seen == {"scratch/000": 1, "scratch/001": 1, "good/000": 0}
+
+
+def test_labels_in_every_stored_form_reach_the_batch_as_written():
+    """Datasets store labels as ints, bools (e.g. an `anomaly` column) or names in any case; the transform
+    must give 0 for normal and 1 for anomalous in every form."""
+    stored = [True, False, 1, 0, np.int64(1), np.int64(0), "good", "OK", " Anomaly ", "ng", "defect", "normal"]
+    expected = [1, 0, 1, 0, 1, 0, 0, 0, 1, 1, 1, 0]
+    image = Image.fromarray(np.full((20, 30, 3), 90, dtype=np.uint8))
+    batch = build_transform(image_size=16)({"image": [image] * len(stored), "label": stored})
+    assert batch["label"] == expected
