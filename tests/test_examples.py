@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def launch(tmp_path_factory):
     from accelerate.utils import write_basic_config
@@ -26,9 +33,15 @@ def launch(tmp_path_factory):
            "HF_HOME": str(tmp_path_factory.mktemp("hf-home"))}
 
     def run(script, *args, num_processes=1, check=True):
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--cpu",
-                   "--num_processes", str(num_processes), str(ROOT / "examples" / script), *map(str, args)]
-        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+        target = [str(ROOT / "examples" / script)] if script.endswith(".py") else ["-m", script]
+        if num_processes == 1:
+            command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--cpu",
+                       "--num_processes", "1", *target, *map(str, args)]
+        else:  # `accelerate launch --cpu --num_processes N` starts one process; gloo processes need torchrun
+            command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(num_processes),
+                       "--master_port", str(free_port()), *target, *map(str, args)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                                env={**env, "ACCELERATE_USE_CPU": "true"} if num_processes > 1 else env)
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
         return result
@@ -82,6 +95,22 @@ def test_zsad_train_trains_like_the_script(script_model, tiny_backbone, syntheti
     files = [path for path in out.rglob("*") if path.is_file()]
     assert {"README.md", "config.json", "adapter_model_0.safetensors", "optimizer.bin"} <= {f.name for f in files}
     assert {f.name: oct(f.stat().st_mode & 0o777) for f in files if f.stat().st_mode & 0o777 != 0o644} == {}
+
+
+def test_two_processes_share_each_epoch(launch, tiny_backbone, tmp_path):
+    """Issue 29 point 1 with two (gloo) processes: 10 images in batches of 2 are 5 batches an epoch, dealt
+    to the processes in turn and made even (3 each); one optimizer step a batch, so 3 steps an epoch, and
+    the log's rank-0 process sees 2 images a step."""
+    data = tmp_path / "ten"
+    make_synthetic_dataset(5, 5, size=28, textures=["grid"], seed=0).save_to_disk(str(data))
+    out = tmp_path / "run"
+    launch("zsad.train", "--method", "anomalyclip", "--backbone", tiny_backbone, "--dataset", data, "--image-size", 28,
+           "--train-batch-size", 2, "--num-train-epochs", 2, "--output-dir", out, num_processes=2)
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["epoch"], r["images_seen"]) for r in log] == [
+        (step, (step - 1) // 3, 2 * step) for step in range(1, 7)
+    ]
+    assert not (out / ".zsad-lock").exists() and (out / "model.safetensors").exists()
 
 
 def test_train_resume_equals_uninterrupted(launch, tiny_backbone, synthetic_data, tmp_path):

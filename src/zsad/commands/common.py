@@ -184,11 +184,12 @@ _RUNNING: dict[str, Any] = {}
 
 def lock_output_dir(folder: Path, flag: str) -> None:
     """Hold `folder/.zsad-lock` (a `filelock` lock, as huggingface_hub's cache uses) until this process
-    ends; the holder's pid and command line go into `.zsad-lock.json` so that a refused command names it."""
+    ends; the holder's pid and command line go into `.zsad-lock.json` so that a refused command names it.
+    Only rank 0 of a distributed launch takes it: the other processes of the same job write there too."""
     from filelock import FileLock, Timeout
 
     folder = folder.resolve()
-    if folder in _HELD:
+    if folder in _HELD or launch_rank() > 0:  # in a distributed launch the rank-0 process holds it for all
         return
     lock = FileLock(str(folder / LOCK_NAME), timeout=0)
     try:
@@ -205,6 +206,14 @@ def lock_output_dir(folder: Path, flag: str) -> None:
     if not _HELD:
         atexit.register(_release_all)
     _HELD[folder] = lock
+
+
+def launch_rank() -> int:
+    """This process's global rank under torchrun / `accelerate launch` / MPI (0 outside a distributed launch)."""
+    for name in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
 
 
 def release_output_dir(folder: Path) -> None:
