@@ -97,19 +97,24 @@ def test_zsad_train_trains_like_the_script(script_model, tiny_backbone, syntheti
     assert {f.name: oct(f.stat().st_mode & 0o777) for f in files if f.stat().st_mode & 0o777 != 0o644} == {}
 
 
-def test_two_processes_share_each_epoch(launch, tiny_backbone, tmp_path):
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_two_processes_share_each_epoch(launch, tiny_backbone, tmp_path, accumulation):
     """Issue 29 point 1 with two (gloo) processes: 10 images in batches of 2 are 5 batches an epoch, dealt
-    to the processes in turn and made even (3 each); one optimizer step a batch, so 3 steps an epoch, and
-    the log's rank-0 process sees 2 images a step."""
+    to the processes in turn and made even, 3 each; a step every `accumulation` batches and at the epoch's
+    end; `--max-train-steps 5` runs into the following epochs. The log's rank-0 process counts its own images."""
     data = tmp_path / "ten"
     make_synthetic_dataset(5, 5, size=28, textures=["grid"], seed=0).save_to_disk(str(data))
     out = tmp_path / "run"
     launch("zsad.train", "--method", "anomalyclip", "--backbone", tiny_backbone, "--dataset", data, "--image-size", 28,
-           "--train-batch-size", 2, "--num-train-epochs", 2, "--output-dir", out, num_processes=2)
+           "--train-batch-size", 2, "--gradient-accumulation-steps", accumulation, "--max-train-steps", 5,
+           "--output-dir", out, num_processes=2)
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert [(r["step"], r["epoch"], r["images_seen"]) for r in log] == [
-        (step, (step - 1) // 3, 2 * step) for step in range(1, 7)
-    ]
+    batches, per_epoch = 3, -(-3 // accumulation)
+    expected = []
+    for step in range(1, 6):
+        epoch, within = divmod(step - 1, per_epoch)
+        expected.append((step, epoch, 2 * (epoch * batches + min((within + 1) * accumulation, batches))))
+    assert [(r["step"], r["epoch"], r["images_seen"]) for r in log] == expected
     assert not (out / ".zsad-lock").exists() and (out / "model.safetensors").exists()
 
 
