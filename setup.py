@@ -38,8 +38,8 @@ setup(
     ],
     extras_require={
         # dev includes the export extra so that the ONNX tests run in CI (.ci/run installs .[dev]).
-        "dev": ["pytest", "hypothesis", "onnx", "onnxscript", "onnxruntime"],
-        "export": ["onnx", "onnxscript", "onnxruntime"],
+        "dev": ["pytest", "hypothesis", "onnx", "onnxscript", "onnxruntime", "openvino"],
+        "export": ["onnx", "onnxscript", "onnxruntime", "openvino"],
         "tracking": ["tensorboard"],
     },
     entry_points={"console_scripts": ["zsad=zsad.cli:main"]},

@@ -106,15 +106,13 @@ class ZSADPreTrainedModel(NormalReferencesMixin, CheckpointMixin, PreTrainedMode
             getattr(self, name).eval()  # frozen backbones: no dropout, whatever the adapters do
         return self
 
-    def onnx_export_blocker(self) -> str | None:
-        """Why `zsad.export.export_onnx` cannot export this model as configured, or None.
+    def constant_text_features(self, class_name: str | None = None) -> torch.Tensor | None:
+        """The `(2, D)` text every image is scored against, or None when the text depends on the image.
 
-        The export bakes the text features in as constants, so every model whose text depends on the
-        image (or on its category) is refused.
+        The ONNX export bakes a constant text in; for None it puts the text tower into the graph.
+        `class_name` is the category of a class-aware model's export (None: its default prompts).
         """
-        if self.class_aware:
-            return "its text prompts depend on each image's category (class-aware prompts)"
-        return None
+        return self.text_features()
 
     def image_processor(self) -> ZSADImageProcessor:
         """The `ZSADImageProcessor` for this model's input size (saved with every checkpoint)."""

@@ -101,10 +101,10 @@ class ObjectAgnosticPrompts(ZSADAdapter):
         ids = prompts.input_ids[:, : prompts.max_length]
         embeds = self.prompt_embeddings(clip.text_model.embeddings.token_embedding(ids))
         pooling_positions = prompts.eos_positions
-        batches = {x.shape[0] for x in (image_embeds, deep_tokens) if x is not None}
-        if len(batches) > 1:
-            raise ValueError(f"image_embeds and deep_tokens must cover the same images; got batches {sorted(batches)}")
-        batch = batches.pop() if batches else None
+        batches = [x.shape[0] for x in (image_embeds, deep_tokens) if x is not None]
+        if len(batches) > 1 and batches[0] != batches[1]:
+            raise ValueError(f"image_embeds and deep_tokens must cover the same images; got batches {batches}")
+        batch = batches[0] if batches else None
         if batch is not None:
             embeds, pooling_positions = embeds.repeat(batch, 1, 1), pooling_positions.repeat(batch)
         if image_embeds is not None:

@@ -54,7 +54,10 @@ SENTENCES_PER_CLASS = NUM_NORMAL_SENTENCES + len(ANOMALY_STATES) * len(ADACLIP_T
 
 
 def _squared_distances(points: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
-    # Pairwise differences rather than the matmul expansion: exact and independent of the batch.
+    # Pairwise differences rather than the matmul expansion: exact and independent of the batch. ONNX
+    # has no cdist, so an export writes the same differences out (B x M x K x D floats in the graph).
+    if torch.compiler.is_exporting():
+        return (points.unsqueeze(2) - centers.unsqueeze(1)).square().sum(dim=-1)
     return torch.cdist(points, centers, compute_mode="donot_use_mm_for_euclid_dist").square()
 
 
@@ -182,22 +185,22 @@ class AdaCLIPModel(ZSADPreTrainedModel):
         context_length = self.prompt_tokens.input_ids.shape[1]
         self.prompt_tokens = TokenizedPrompts(token_ids, context_length).to(self.prompt_tokens.input_ids.device)
 
-    def onnx_export_blocker(self) -> str | None:
-        return (
-            "AdaCLIP's text depends on each image: its dynamic prompts come from the image embedding and its "
-            "prompts are class-aware; the hybrid semantic fusion also clusters each image's patches (K-means)"
-        )
+    def constant_text_features(self, class_name: str | None = None) -> None:
+        """None: the dynamic prompts come from each image's embedding (§3.2)."""
+        return None
 
-    def class_indices(self, categories: str | Sequence[str] | None, batch_size: int) -> list[int]:
-        """Index into `config.class_names` of every image's category (one name for all images, or one each)."""
-        names = self.config.class_names
+    def class_indices(self, categories: str | Sequence[str] | None, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`(B,)` index into `config.class_names` of every image's category (one name for all images, or one
+        each). One class for the whole batch gives a tensor of the batch's (possibly symbolic) size, so the
+        ONNX export keeps a dynamic batch axis."""
+        names, batch_size = self.config.class_names, pixel_values.shape[0]
         if categories is None:
             if len(names) > 1:
                 raise ValueError(f"this AdaCLIP model has prompts for {names}: pass categories=[...] (one per image)")
-            return [0] * batch_size
+            categories = names[0]
         if isinstance(categories, str):
-            categories = [categories] * batch_size
-        if len(categories) != batch_size:
+            categories = [categories]
+        elif len(categories) != batch_size:
             raise ValueError(f"categories must name one class per image ({batch_size}); got {len(categories)}")
         unknown = sorted(set(categories) - set(names))
         if unknown:
@@ -205,9 +208,10 @@ class AdaCLIPModel(ZSADPreTrainedModel):
                 f"no prompts for the categories {unknown}; this model knows {names} "
                 "(add them with model.set_class_names([...]))"
             )
-        return [names.index(category) for category in categories]
+        indices = torch.tensor([names.index(category) for category in categories], device=pixel_values.device)
+        return indices.expand(batch_size) if len(categories) == 1 else indices
 
-    def encode_prompt_ensemble(self, text_prompts: torch.Tensor, class_indices: Sequence[int]) -> torch.Tensor:
+    def encode_prompt_ensemble(self, text_prompts: torch.Tensor, class_indices: torch.Tensor | Sequence[int]) -> torch.Tensor:
         """`(B, 2, D)` normalised [normal, anomaly] text embeddings, one pair per image.
 
         Every sentence of image b's class (`class_indices[b]`) runs with b's prompt tokens `(B, J, L, W)`
@@ -220,16 +224,18 @@ class AdaCLIPModel(ZSADPreTrainedModel):
                 "or load a checkpoint with from_pretrained(...)"
             )
         tokens, batch = self.prompt_tokens, text_prompts.shape[0]
-        blocks = [slice(c * SENTENCES_PER_CLASS, (c + 1) * SENTENCES_PER_CLASS) for c in class_indices]
+        class_indices = torch.as_tensor(class_indices, device=tokens.input_ids.device)
+        input_ids = tokens.input_ids[:, : tokens.max_length].view(-1, SENTENCES_PER_CLASS, tokens.max_length)
+        eos_positions = tokens.eos_positions.view(-1, SENTENCES_PER_CLASS)
         deep_prompts = {
             layer: text_prompts[:, layer - 1].repeat_interleave(SENTENCES_PER_CLASS, dim=0)
             for layer in range(2, text_prompts.shape[1] + 1)
         }
         sentences = encode_text(
             self.clip,
-            torch.cat([tokens.input_ids[block, : tokens.max_length] for block in blocks]),
+            input_ids[class_indices].flatten(0, 1),
             deep_prompts=deep_prompts,
-            pooling_positions=torch.cat([tokens.eos_positions[block] for block in blocks]),
+            pooling_positions=eos_positions[class_indices].flatten(),
         )
         sentences = F.normalize(sentences, dim=-1).view(batch, SENTENCES_PER_CLASS, -1)
         normal, anomaly = sentences[:, :NUM_NORMAL_SENTENCES], sentences[:, NUM_NORMAL_SENTENCES:]
@@ -242,7 +248,7 @@ class AdaCLIPModel(ZSADPreTrainedModel):
 
         `extras` carries the prompt-free embedding and each image's class index for the text step.
         """
-        class_indices = self.class_indices(categories, pixel_values.shape[0])
+        class_indices = self.class_indices(categories, pixel_values)
         image_embeds = self.prompt_free_embeds(pixel_values)
         vision_prompts = self.vision_prompts(image_embeds)
         features = self.encode_image(

@@ -144,10 +144,9 @@ class CraneModel(ZSADPreTrainedModel):
         global embedding `image_embeds (B, P)` (§5.2)."""
         return self.prompt_learner.text_features(self.clip, self.prompt_tokens, image_embeds)
 
-    def onnx_export_blocker(self) -> str | None:
-        if self.conditions_prompts:
-            return "its prompts are conditioned on each image's embedding (prompt_conditioning='always')"
-        return super().onnx_export_blocker()
+    def constant_text_features(self, class_name: str | None = None) -> torch.Tensor | None:
+        """None with `prompt_conditioning='always'`: the prompts are conditioned on each image (§5.2)."""
+        return None if self.conditions_prompts else super().constant_text_features(class_name)
 
     # ------------------------------------------------------------------ Crane+ guided attention
     def dino_attention_weights(self, pixel_values: torch.Tensor) -> torch.Tensor:

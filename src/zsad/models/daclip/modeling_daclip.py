@@ -199,11 +199,11 @@ class DACLIPModel(ZSADPreTrainedModel):
         features.extras.update(router_softmax=router_softmax, router_probs=router_probs, token_gates=token_gates)
         return features
 
-    def onnx_export_blocker(self) -> str | None:
+    def constant_text_features(self, class_name: str | None = None) -> torch.Tensor | None:
+        """None with text prompt layers: the router mixes the deep text tokens per image (§6.2.2)."""
         if self.domain_prompts.text_tokens is not None:
-            return ("its deep text tokens are mixed per image by the domain router (§6.2.2); "
-                    "only a DA-CLIP without text prompt layers (deep_prompt_layers=[]) has fixed text")
-        return super().onnx_export_blocker()
+            return None
+        return super().constant_text_features(class_name)
 
     def prompt_text_features(self, features: VisionFeatures, categories: Sequence[str] | None = None) -> torch.Tensor:
         """Each image's text with its combined deep tokens (object-agnostic: `categories` is ignored)."""

@@ -121,5 +121,6 @@ class ZeroShotCLIPModel(ZSADPreTrainedModel):
             raise ValueError(f"categories must name one class per image ({batch}); got {len(names)}")
         return torch.stack([self.class_text_features(name) for name in names])
 
-    def onnx_export_blocker(self) -> str | None:
-        return None  # the export bakes in the `object_name` text; categories are not an input of the graph
+    def constant_text_features(self, class_name: str | None = None) -> torch.Tensor:
+        """The `object_name` text, or that of `class_name` (baked into an ONNX export)."""
+        return self.text_features() if class_name is None else self.class_text_features(class_name)
