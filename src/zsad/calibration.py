@@ -134,14 +134,15 @@ def calibrate_dataset(
     fpr: float = DEFAULT_FPR,
     show_progress: bool = False,
     image_size: int | None = None,
+    loading_options: dict | None = None,
 ) -> Calibration:
-    """`calibrate_thresholds` on anomaly data from anywhere `zsad.data.load_anomaly_dataset` reads, at
-    `image_size` (default: the model's)."""
+    """`calibrate_thresholds` on anomaly data from anywhere `zsad.data.load_anomaly_dataset` reads (with
+    `loading_options`: column, split and label mappings), at `image_size` (default: the model's)."""
     from torch.utils.data import DataLoader
 
     from .data import collate_fn, load_anomaly_dataset, with_anomaly_transform
 
-    dataset = load_anomaly_dataset(source, split=split, categories=categories)
+    dataset = load_anomaly_dataset(source, split=split, categories=categories, **(loading_options or {}))
     if model.class_aware:
         model.set_class_names(sorted(set(dataset["category"])))
     from .clip.processing import ZSADImageProcessor

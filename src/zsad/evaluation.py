@@ -239,6 +239,7 @@ def evaluate_datasets(
     normal_references: str | os.PathLike | None = None,
     log=print,
     resumable: bool = False,
+    loading_options: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate `model` on every dataset in `sources`; write `<output_dir>/<name>/metrics.{json,md}`.
 
@@ -247,7 +248,8 @@ def evaluate_datasets(
     are merged. With `normal_references` (a folder), each category is scored few-shot with the
     images in `normal_references/<category>/` (docs/few_shot.md; one process only). `resumable` saves
     each batch's results as it goes (`ResultsLog`) and continues from those an interrupted run left in
-    `output_dir` (one process, without normal references). Returns `{source: results}`.
+    `output_dir` (one process, without normal references). `loading_options` go to
+    `load_anomaly_dataset` (column, split and label mappings, `preset`). Returns `{source: results}`.
     """
     from torch.utils.data import DataLoader
 
@@ -258,7 +260,10 @@ def evaluate_datasets(
         raise ValueError("evaluation with normal references runs in one process (no accelerator)")
     if resumable and accelerator is not None:
         raise ValueError("a resumable evaluation runs in one process (no accelerator)")
-    datasets = {source: load_anomaly_dataset(source, split=split, categories=categories) for source in sources}
+    datasets = {
+        source: load_anomaly_dataset(source, split=split, categories=categories, **(loading_options or {}))
+        for source in sources
+    }
     if model.class_aware:
         model.set_class_names(sorted({name for ds in datasets.values() for name in ds["category"]}))
     processor = ZSADImageProcessor(image_size=image_size or model.config.image_size)

@@ -131,6 +131,56 @@ def image_size(text: str) -> int:
     return value
 
 
+# ------------------------------------------------------------------------------------ dataset mappings
+MAPPED_COLUMNS = ("image", "mask", "label", "category", "defect_type")
+
+
+def _pairs(text: str, flag: str) -> dict[str, str]:
+    pairs = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise CommandError(f"{flag}: expected SOURCE=TARGET pairs separated by commas, got {text!r}")
+        pairs[key] = value
+    return pairs
+
+
+def add_dataset_mapping_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags that read a dataset laid out differently from zsad's schema (`zsad.data.mapping`)."""
+    group = parser.add_argument_group("datasets with other column or split names (docs/data.md)")
+    for column in MAPPED_COLUMNS:
+        group.add_argument(f"--{column.replace('_', '-')}-column", metavar="NAME", dest=f"{column}_column",
+                           help=f"the source column that holds `{column}`")
+    group.add_argument("--split-mapping", metavar="MAPPING",
+                       help="'{category}.{split}' or '{category}' when split names carry the category, "
+                       "'column:NAME' when a column holds the split, or SOURCE=TARGET pairs, e.g. 'val=test'")
+    group.add_argument("--label-mapping", metavar="VALUE=0|1,...", help="label values onto 0 (normal) / 1 (anomaly), "
+                       "e.g. 'OK=0,NG=1'")
+    group.add_argument("--no-preset", action="store_true",
+                       help="do not apply the built-in mapping of a known Hub copy (Voxel51/mvtec-ad, BrachioLab/visa, "
+                       "dddraxxx/visa-dataset)")
+
+
+def dataset_mapping_options(args: argparse.Namespace) -> dict:
+    """`load_anomaly_dataset` keyword arguments from `add_dataset_mapping_flags`' flags."""
+    options: dict = {}
+    columns = {getattr(args, f"{c}_column"): c for c in MAPPED_COLUMNS if getattr(args, f"{c}_column", None)}
+    if columns:
+        options["column_mapping"] = columns
+    if getattr(args, "split_mapping", None):
+        text = args.split_mapping
+        options["split_mapping"] = text if ("{" in text or text.startswith("column:")) else _pairs(text, "--split-mapping")
+    if getattr(args, "label_mapping", None):
+        labels = _pairs(args.label_mapping, "--label-mapping")
+        bad = {k: v for k, v in labels.items() if v not in ("0", "1")}
+        if bad:
+            raise CommandError(f"--label-mapping: every value must map to 0 or 1, got {bad}")
+        options["label_mapping"] = {key: int(value) for key, value in labels.items()}
+    if getattr(args, "no_preset", False):
+        options["preset"] = False
+    return options
+
+
 # ---------------------------------------------------------------------------------------- paths and ids
 def looks_like_path(value: str) -> bool:
     """True unless `value` has the shape of a Hub id (`org/name`): `./x`, `/x`, `~/x`, `x`, `a/b/c`, `x/`."""

@@ -8,7 +8,14 @@ import sys
 
 from ..file_modes import write_text_atomic
 from ..hub.released.registry import default_model_name
-from .common import CommandError, non_negative_int, prepare_output_dir, resolve_device
+from .common import (
+    CommandError,
+    add_dataset_mapping_flags,
+    dataset_mapping_options,
+    non_negative_int,
+    prepare_output_dir,
+    resolve_device,
+)
 from .loading import add_model_options, check_sources, load_detector
 
 SETTINGS_FILE = "evaluate_settings.json"
@@ -18,7 +25,8 @@ def settings(args: argparse.Namespace) -> dict:
     """What must not change between an interrupted run and its --resume."""
     return {"model": args.model or default_model_name(), "backbone": args.backbone, "datasets": list(args.datasets),
             "split": args.split, "categories": args.categories, "image_size": args.image_size,
-            "batch_size": args.batch_size, "aupro": args.aupro, "normal_references": args.normal_references}
+            "batch_size": args.batch_size, "aupro": args.aupro, "normal_references": args.normal_references,
+            "loading_options": dataset_mapping_options(args) or None}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
             image_size=args.image_size, batch_size=args.batch_size, aupro_mode=args.aupro,
             report_cflow=args.report_cflow, heatmaps_per_category=args.heatmaps_per_category,
             model_name=args.model or default_model_name(), normal_references=args.normal_references, resumable=True,
+            loading_options=dataset_mapping_options(args),
         )
     except KeyboardInterrupt:
         print(f"zsad evaluate: interrupted; the images scored so far are kept in {out_dir}; to continue, run the same "
@@ -76,4 +85,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run in --out: the images it scored are kept, the rest are scored, "
                         "and the metrics equal those of an uninterrupted run")
+    add_dataset_mapping_flags(parser)
     parser.set_defaults(func=run)

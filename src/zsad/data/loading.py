@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from ..errors import first_line
 from .errors import DataError, DataWarning, SchemaError
+from .mapping import PRESETS, DatasetPreset, SplitMapping, add_preset_columns, apply_column_mapping, apply_label_mapping, regroup_splits
 from .schema import ANOMALY, ensure_schema
 
 AnyDataset = Union[datasets.Dataset, datasets.DatasetDict, datasets.IterableDataset, datasets.IterableDatasetDict]
@@ -172,11 +173,34 @@ def _warn_image_level_only(ds: AnyDataset, source: str) -> None:
             )
 
 
+def _map_parts(ds: AnyDataset, function) -> AnyDataset:
+    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        return type(ds)({name: function(part) for name, part in ds.items()})
+    return function(ds)
+
+
+def _resolve_preset(source: str, preset: Union[str, DatasetPreset, None, bool]) -> Optional[DatasetPreset]:
+    if preset is False:
+        return None
+    if isinstance(preset, DatasetPreset):
+        return preset
+    if preset is None:
+        return PRESETS.get(source)
+    if preset not in PRESETS:
+        raise DataError(f"unknown dataset preset {preset!r}; presets: {sorted(PRESETS)}", source)
+    return PRESETS[preset]
+
+
 def load_anomaly_dataset(
     path_or_id: Union[str, os.PathLike],
     split: Optional[str] = None,
     categories: Optional[Iterable[str]] = None,
     streaming: bool = False,
+    *,
+    column_mapping: Optional[dict[str, str]] = None,
+    split_mapping: Optional[SplitMapping] = None,
+    label_mapping: Optional[dict[Any, int]] = None,
+    preset: Union[str, DatasetPreset, None, bool] = None,
     **kwargs: Any,
 ) -> AnyDataset:
     """Load anomaly data from anywhere and check it against the schema.
@@ -187,13 +211,33 @@ def load_anomaly_dataset(
         split: "train"/"test"/...; None returns every split (a `DatasetDict`).
         categories: keep only these categories (the names must exist, except when streaming).
         streaming: return an `IterableDataset`/`IterableDatasetDict`.
+        column_mapping: `{source column: schema column}`, e.g. `{"anomaly": "label"}` (`zsad.data.mapping`).
+        split_mapping: `{source split: target split}`, or `"{category}.{split}"` / `"{category}"` when the
+            split names carry the category, or `"column:<name>"` when a column holds the split.
+        label_mapping: `{value: 0 or 1}` for label values outside the schema's aliases.
+        preset: the mapping of a known Hub copy (`zsad.data.mapping.PRESETS`: `Voxel51/mvtec-ad`,
+            `BrachioLab/visa`, `dddraxxx/visa-dataset`); None picks it from `path_or_id`, False turns it off.
+            Explicit mappings override the preset's.
         **kwargs: passed on to `datasets.load_dataset` (e.g. `name=`, `cache_dir=`, `revision=`).
 
     Raises `DataError`/`SchemaError` (both `ValueError`s) naming the source. Warns (`DataWarning`) when
     anomalous images lack masks, i.e. the data is image-level only for them.
     """
     source = os.fspath(path_or_id)
-    ds = _load(source, split, streaming, dict(kwargs))
+    chosen = _resolve_preset(source, preset)
+    if chosen is not None:
+        column_mapping = {**chosen.column_mapping, **(column_mapping or {})}
+        split_mapping = split_mapping if split_mapping is not None else chosen.split_mapping
+    ds = _load(source, split if split_mapping is None else None, streaming, dict(kwargs))
+    if column_mapping or (chosen is not None and chosen.drop_columns):
+        drop = chosen.drop_columns if chosen is not None else ()
+        ds = _map_parts(ds, lambda part: apply_column_mapping(part, column_mapping or {}, drop, source))
+    if split_mapping is not None:
+        ds = regroup_splits(ds, split_mapping, source)
+    if chosen is not None:
+        ds = add_preset_columns(ds, chosen)
+    if label_mapping:
+        ds = _map_parts(ds, lambda part: apply_label_mapping(part, label_mapping, source))
     ds = _pick_split(ds, split, source)
     if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         ds = type(ds)({name: ensure_schema(part, f"{source} [{name}]") for name, part in ds.items()})
