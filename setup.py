@@ -38,7 +38,9 @@ setup(
     ],
     extras_require={
         # dev includes the export extra so that the ONNX tests run in CI (.ci/run installs .[dev]).
-        "dev": ["pytest", "hypothesis", "onnx", "onnxscript", "onnxruntime", "openvino"],
+        # dev also has the demo and the browser driver, so that CI runs the browser test (.ci/run installs chromium).
+        "dev": ["pytest", "hypothesis", "onnx", "onnxscript", "onnxruntime", "openvino", "gradio>=5", "playwright"],
+        "demo": ["gradio>=5"],
         "export": ["onnx", "onnxscript", "onnxruntime", "openvino"],
         "tracking": ["tensorboard"],
     },

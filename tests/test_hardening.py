@@ -89,7 +89,8 @@ FOLDER_WRITERS = {
                         "--output-dir", w["full"]],
     "import-checkpoint": lambda w: ["import-checkpoint", "crane", w["pth"], w["full"]],
 }
-NO_FOLDER = {"models": "prints the registry", "push": "uploads to the Hub"}
+NO_FOLDER = {"models": "prints the registry", "push": "uploads to the Hub",
+             "demo": "serves a web app (the map downloads go to a temporary folder of its own)"}
 
 
 def test_every_command_that_writes_a_folder_refuses_a_non_empty_one(tiny_backbone, tmp_path, capsys):

@@ -148,8 +148,8 @@ def test_every_subcommand_is_defined_in_its_own_module_under_zsad_commands():
     zsad_parser = build_parser()
     (zsad_subparsers,) = [action for action in zsad_parser._actions if isinstance(action.choices, dict)]
     assert sorted(zsad_subparsers.choices) == sorted(owners) == sorted(
-        ["detect", "evaluate", "benchmark", "calibrate", "export", "models", "convert", "train", "import-checkpoint",
-         "push"]
+        ["detect", "evaluate", "benchmark", "calibrate", "export", "demo", "models", "convert", "train",
+         "import-checkpoint", "push"]
     )
     # The library holds no argparse: only the command line does (and `python -m zsad.testing`, a dev tool).
     for path in (SRC / "zsad").rglob("*.py"):

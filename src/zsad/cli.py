@@ -11,13 +11,13 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .commands import benchmark, calibrate, convert, detect, evaluate, export, import_checkpoint, models, push, train
+from .commands import benchmark, calibrate, convert, demo, detect, evaluate, export, import_checkpoint, models, push, train
 from .commands.common import ArgumentParser, add_output_flags, run_command
 
 __all__ = ["build_parser", "main"]
 
 # In the order of `zsad --help`.
-COMMANDS = (detect, evaluate, benchmark, calibrate, export, models, import_checkpoint, push, convert, train)
+COMMANDS = (detect, evaluate, benchmark, calibrate, export, demo, models, import_checkpoint, push, convert, train)
 # Subcommands that parse their own options (`main(argv)`): their parsers need the heavy modules.
 SELF_PARSING = {"convert": convert.main, "train": lambda argv: train.main(argv, prog="zsad train", launcher=["zsad", "train"])}
 
