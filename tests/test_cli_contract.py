@@ -274,12 +274,13 @@ def test_resume_equals_an_uninterrupted_run_and_recomputes_nothing(tiny_backbone
     finished = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "resumed" / "overlays").iterdir()}
     assert len(finished) == 3
 
-    import zsad.clip.processing
+    import zsad.data.loader
 
-    real_load, loaded = zsad.clip.processing.load_rgb, []
+    real_load, loaded = zsad.data.loader.load_rgb, []
     monkeypatch.setattr(zsad.visualize, "overlay_anomaly_map", real_overlay)
-    monkeypatch.setattr(zsad.clip.processing, "load_rgb", lambda path, **kw: loaded.append(Path(path).name) or real_load(path, **kw))
-    assert _detect(folder, tiny_backbone, tmp_path / "resumed", "--batch-size", "2", "--resume") == 0
+    monkeypatch.setattr(zsad.data.loader, "load_rgb", lambda path, **kw: loaded.append(Path(path).name) or real_load(path, **kw))
+    # Decoding in this process (--num-workers 0), so that the files it opens are seen here.
+    assert _detect(folder, tiny_backbone, tmp_path / "resumed", "--batch-size", "2", "--resume", "--num-workers", "0") == 0
     assert "4 from the earlier run" in capsys.readouterr().out  # 3 scored, 1 recorded as unreadable
     assert sorted(loaded) == ["img3.png", "img4.png"]  # broken.png (recorded as unreadable) is not retried
     for name, mtime in finished.items():

@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -161,9 +163,11 @@ def test_training_without_masks_uses_the_image_loss(launch, tiny_backbone, synth
 
 
 def test_evaluate_two_processes_equal_one(launch, script_model, synthetic_data, tmp_path):
+    """examples/evaluate.py on one process; `-m zsad.evaluate` (zsad evaluate's options) on two gloo processes."""
     args = ["--model", script_model, "--datasets", synthetic_data / "grid", "--batch_size", 5, "--report_cflow"]
     launch("evaluate.py", *args, "--output_dir", tmp_path / "one", num_processes=1)
-    launch("evaluate.py", *args, "--output_dir", tmp_path / "two", "--heatmaps_per_category", 2, num_processes=2)
+    launch("zsad.evaluate", synthetic_data / "grid", "--model", script_model, "--batch-size", 5, "--report-cflow",
+           "--out", tmp_path / "two", "--heatmaps-per-category", 2, "--num-workers", 1, num_processes=2)
     one = json.loads((tmp_path / "one" / "grid" / "metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "grid" / "metrics.json").read_text())
     assert one["per_category"] == two["per_category"] and one["macro"] == two["macro"]
@@ -229,3 +233,32 @@ def test_headclip_trains_its_head_weights_through_the_scripts(launch, tiny_backb
     launch("evaluate.py", "--model", tmp_path / "model", "--datasets", synthetic_data / "grid", "--output_dir", tmp_path / "eval")
     results = json.loads((tmp_path / "eval" / "grid" / "metrics.json").read_text())
     assert 0.0 <= results["macro"]["image_auroc"] <= 1.0 and results["counts"]["texture_grid"]["images"] == 12
+
+
+def test_detect_two_processes_equal_one(launch, tiny_backbone, tmp_path):
+    """`-m zsad.detect` on two gloo processes writes the folder one process writes: scores in input order,
+    the same maps, overlays and report."""
+    from zsad.cli import main
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(4)
+    for index in range(7):  # an odd count: the processes get 4 and 3 images
+        Image.fromarray(rng.integers(0, 255, (20 + index, 24, 3), dtype=np.uint8)).save(images / f"part{index}.png")
+    (images / "broken.png").write_bytes(b"not an image")
+    args = [images, "--model", "zero-shot-clip", "--backbone", tiny_backbone, "--image-size", 28, "--batch-size", 2,
+            "--save-maps", "npy", "--quiet"]
+    assert main(["detect", *map(str, args), "--out", str(tmp_path / "one"), "--num-workers", "0"]) == 0
+    launch("zsad.detect", *args, "--out", tmp_path / "two", num_processes=2)
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert (one / "scores.csv").read_text() == (two / "scores.csv").read_text()
+    assert json.loads((one / "scores.json").read_text()) == json.loads((two / "scores.json").read_text())
+    assert (one / "report.html").read_text() == (two / "report.html").read_text()
+    files = sorted(p.relative_to(one).as_posix() for p in one.rglob("*") if p.is_file() and not p.name.startswith(".zsad"))
+    assert files == sorted(p.relative_to(two).as_posix() for p in two.rglob("*") if p.is_file() and not p.name.startswith(".zsad"))
+    assert len([f for f in files if f.startswith("maps/")]) == 7
+    for name in files:
+        if name.endswith(".npy"):
+            assert np.array_equal(np.load(one / name), np.load(two / name)), name
+        elif name.startswith("overlays/"):
+            assert (one / name).read_bytes() == (two / name).read_bytes(), name

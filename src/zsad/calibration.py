@@ -75,7 +75,7 @@ def _calibrate(model, dataloader: Iterable[dict[str, Any]], fpr: float, num_bins
     model.eval()
     for batch in progress(dataloader, desc="calibrate", unit="batch", disable=not show_progress):
         inputs = model_inputs(batch, with_targets=False)
-        output = model(**{**inputs, "pixel_values": inputs["pixel_values"].to(model.device, model.dtype)})
+        output = model(**{**inputs, "pixel_values": inputs["pixel_values"].to(model.device, model.dtype, non_blocking=True)})
         scores.append(output.pred_scores.float().cpu().numpy())
         labels.append(batch["labels"].numpy())
         if output.anomaly_maps is not None:
@@ -135,12 +135,13 @@ def calibrate_dataset(
     show_progress: bool = False,
     image_size: int | None = None,
     loading_options: dict | None = None,
+    num_workers: int | None = None,
 ) -> Calibration:
     """`calibrate_thresholds` on anomaly data from anywhere `zsad.data.load_anomaly_dataset` reads (with
-    `loading_options`: column, split and label mappings), at `image_size` (default: the model's)."""
-    from torch.utils.data import DataLoader
-
-    from .data import collate_fn, load_anomaly_dataset, with_anomaly_transform
+    `loading_options`: column, split and label mappings), at `image_size` (default: the model's), decoded
+    in `num_workers` DataLoader workers (None: `zsad.data.loader.default_num_workers()`)."""
+    from .data import load_anomaly_dataset
+    from .data.loader import anomaly_dataloader
 
     dataset = load_anomaly_dataset(source, split=split, categories=categories, **(loading_options or {}))
     if model.class_aware:
@@ -148,7 +149,7 @@ def calibrate_dataset(
     from .clip.processing import ZSADImageProcessor
 
     processor = ZSADImageProcessor(image_size=image_size) if image_size else model.image_processor()
-    loader = DataLoader(with_anomaly_transform(dataset, processor), batch_size=batch_size, collate_fn=collate_fn)
+    loader = anomaly_dataloader(dataset, processor, batch_size, num_workers=num_workers, device=model.device)
     return calibrate_thresholds(model, loader, fpr=fpr, show_progress=show_progress)
 
 

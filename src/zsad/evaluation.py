@@ -42,21 +42,29 @@ def evaluate_model(
     anomalous images (half, rounded up) and the first normal ones, so anomalies are always shown; drawn on
     the original image (`original_images(image_id)`, when given) at its own size, else on the input.
     """
+    from .background import BackgroundWriter
     from .progress import progress
 
     metrics = metrics if metrics is not None else AnomalyMetrics()
     main_process = accelerator is None or accelerator.is_main_process
     saved: dict[tuple[str, int], int] = {}
     model.eval()
+    parameter = next(model.parameters())
     for output, batch in results_log.load() if results_log is not None else ():
         metrics.update(output, batch)
-    for batch in progress(dataloader, desc="evaluate", unit="batch", disable=not (show_progress and main_process)):
-        output = model(**model_inputs(batch, with_targets=False))
-        metrics.update(output, batch)
-        if results_log is not None:
-            results_log.save(output, batch)
-        if heatmap_dir is not None and max_heatmaps_per_category > 0:
-            _save_heatmaps(batch, output, Path(heatmap_dir), saved, max_heatmaps_per_category, original_images)
+    with BackgroundWriter() as writer:  # heat-map panels are drawn and encoded beside the forward passes
+        for batch in progress(dataloader, desc="evaluate", unit="batch", disable=not (show_progress and main_process)):
+            inputs = model_inputs(batch, with_targets=False)
+            inputs["pixel_values"] = inputs["pixel_values"].to(parameter.device, parameter.dtype, non_blocking=True)
+            output = model(**inputs)
+            metrics.update(output, batch)
+            if results_log is not None:
+                results_log.save(output, batch)
+            if heatmap_dir is not None and max_heatmaps_per_category > 0:
+                on_cpu = {"pred_scores": output.pred_scores.float().cpu(), "anomaly_maps": output.anomaly_maps.float().cpu(),
+                          "pred_labels": None if output.pred_labels is None else output.pred_labels.cpu()}
+                writer.submit(lambda batch=batch, on_cpu=on_cpu: _save_heatmaps(
+                    batch, on_cpu, Path(heatmap_dir), saved, max_heatmaps_per_category, original_images))
     if accelerator is not None:
         metrics = metrics.gather(accelerator)
     return metrics.compute()
@@ -169,11 +177,11 @@ def _save_heatmaps(batch, output, folder: Path, saved: dict[tuple[str, int], int
         target = folder / category / f"{label}_{Path(name).stem}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         with_mask = "masks" in batch and (has_mask is None or bool(has_mask[index]))
-        decision = None if output.pred_labels is None else LABELS[int(output.pred_labels[index])]
+        decision = None if output["pred_labels"] is None else LABELS[int(output["pred_labels"][index])]
         anomaly_panel(
             image,
-            output.anomaly_maps[index],
-            score=float(output.pred_scores[index]),
+            output["anomaly_maps"][index],
+            score=float(output["pred_scores"][index]),
             label=decision,
             ground_truth=batch["masks"][index] if with_mask else None,
             title=f"{Path(name).name} (ground truth: {label})",
@@ -181,11 +189,10 @@ def _save_heatmaps(batch, output, folder: Path, saved: dict[tuple[str, int], int
         saved[key] = saved.get(key, 0) + 1
 
 
-def _batches_with_references(model, dataset, processor, batch_size: int, folder: Path):
+def _batches_with_references(model, dataset, processor, batch_size: int, folder: Path, num_workers: int | None):
     """One category at a time: `set_normal_references` with `folder/<category>/`, then its batches."""
-    from torch.utils.data import DataLoader
-
-    from .data import DataError, collate_fn, with_anomaly_transform
+    from .data import DataError
+    from .data.loader import anomaly_dataloader
     from .few_shot import reference_images
 
     for category in sorted(set(dataset["category"])):
@@ -195,7 +202,7 @@ def _batches_with_references(model, dataset, processor, batch_size: int, folder:
             raise DataError(f"normal references of {category!r}: {error}", folder / category) from error
         model.set_normal_references(references.to(model.device, model.dtype), category if model.class_aware else None)
         subset = dataset.filter(lambda name: name == category, input_columns="category")
-        yield from DataLoader(with_anomaly_transform(subset, processor), batch_size=batch_size, collate_fn=collate_fn)
+        yield from anomaly_dataloader(subset, processor, batch_size, num_workers=num_workers, device=model.device)
     model.clear_normal_references()
 
 
@@ -240,6 +247,8 @@ def evaluate_datasets(
     log=print,
     resumable: bool = False,
     loading_options: dict[str, Any] | None = None,
+    num_workers: int | None = None,
+    max_memory: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate `model` on every dataset in `sources`; write `<output_dir>/<name>/metrics.{json,md}`.
 
@@ -249,12 +258,14 @@ def evaluate_datasets(
     images in `normal_references/<category>/` (docs/few_shot.md; one process only). `resumable` saves
     each batch's results as it goes (`ResultsLog`) and continues from those an interrupted run left in
     `output_dir` (one process, without normal references). `loading_options` go to
-    `load_anomaly_dataset` (column, split and label mappings, `preset`). Returns `{source: results}`.
+    `load_anomaly_dataset` (column, split and label mappings, `preset`). Images are decoded in
+    `num_workers` `DataLoader` workers (None: `zsad.data.loader.default_num_workers()`); `max_memory` bytes
+    of maps stay in memory for the exact metrics, the rest is spilled to disk (`AnomalyMetrics`). Returns
+    `{source: results}`.
     """
-    from torch.utils.data import DataLoader
-
     from .clip.processing import ZSADImageProcessor
-    from .data import collate_fn, load_anomaly_dataset, with_anomaly_transform
+    from .data import load_anomaly_dataset
+    from .data.loader import anomaly_dataloader
 
     if normal_references is not None and accelerator is not None:
         raise ValueError("evaluation with normal references runs in one process (no accelerator)")
@@ -281,15 +292,17 @@ def evaluate_datasets(
             log(f"{source}: {done} image(s) already scored by the interrupted run")
             dataset = dataset.select(range(done, len(dataset)))
         if normal_references is not None:
-            dataloader = _batches_with_references(model, dataset, processor, batch_size, Path(normal_references))
+            dataloader = _batches_with_references(model, dataset, processor, batch_size, Path(normal_references), num_workers)
         else:
-            dataloader = DataLoader(with_anomaly_transform(dataset, processor), batch_size=batch_size, collate_fn=collate_fn)
+            dataloader = anomaly_dataloader(dataset, processor, batch_size, num_workers=num_workers,
+                                            device=next(model.parameters()).device)
         if accelerator is not None:
             dataloader = accelerator.prepare(dataloader)
         results = evaluate_model(
             model,
             dataloader,
-            metrics=AnomalyMetrics(aupro_mode, report_cflow=report_cflow, undefined="nan"),
+            metrics=AnomalyMetrics(aupro_mode, report_cflow=report_cflow, undefined="nan",
+                                   max_memory=max_memory if aupro_mode != "binned" else None),
             accelerator=accelerator,
             heatmap_dir=folder / "heatmaps" if main_process else None,
             max_heatmaps_per_category=heatmaps_per_category,

@@ -11,6 +11,7 @@ from ..calibration import DEFAULT_FPR
 from .common import (
     CommandError,
     add_dataset_mapping_flags,
+    add_num_workers_flag,
     add_output_flags,
     dataset_mapping_options,
     image_size,
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         calibration = calibrate_dataset(
             model, args.data, split=args.split, categories=args.categories, batch_size=args.batch_size,
             fpr=args.fpr, show_progress=not args.quiet, image_size=args.image_size,
-            loading_options=dataset_mapping_options(args),
+            loading_options=dataset_mapping_options(args), num_workers=args.num_workers,
         )
     except (DataError, ValueError) as error:
         raise CommandError(str(error).strip().splitlines()[0]) from error
@@ -81,6 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="images per forward pass (default 8)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_num_workers_flag(parser)
     add_dataset_mapping_flags(parser)
     add_output_flags(parser, suppress_default=True)
     parser.set_defaults(func=run)

@@ -16,6 +16,7 @@ import argparse
 import atexit
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -108,6 +109,28 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
+
+
+def add_num_workers_flag(parser: argparse.ArgumentParser) -> None:
+    """`--num-workers`: processes that decode and preprocess images while the model runs."""
+    parser.add_argument("--num-workers", type=non_negative_int, metavar="N",
+                        help="DataLoader workers decoding and preprocessing images beside the model (default: one per "
+                        "core less one, at most 8; 0 decodes in the main process)")
+
+
+_BYTE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
+               "GIB": 2**30, "TIB": 2**40}
+
+
+def byte_size(text: str) -> int:
+    """argparse type: a positive amount of memory, `500MB`, `2GB`, `1.5GiB` or a number of bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]i?B|B)?\s*", text, flags=re.IGNORECASE)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"expected a size such as 500MB or 2GB, got {text!r}")
+    value = float(match[1]) * _BYTE_UNITS[(match[2] or "").upper()]
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive size, got {text}")
+    return int(value)
 
 
 def positive_float(text: str) -> float:
@@ -217,6 +240,8 @@ def prepare_output_dir(path: str | os.PathLike, *, flag: str, overwrite: bool = 
         reason = error.strerror or type(error).__name__
         raise CommandError(f"cannot write to {flag} {folder} ({reason}); choose a writable folder") from None
     lock_output_dir(folder, flag)
+    if launch_rank() > 0:  # the rank-0 process of a distributed launch checks the folder for the whole job
+        return folder
     if not (overwrite or resume) and any(not p.name.startswith((_PROBE, LOCK_NAME)) for p in folder.iterdir()):
         release_output_dir(folder)
         hint = f", {resume_flag} to continue the run there" if resume_flag else ""
@@ -264,6 +289,14 @@ def launch_rank() -> int:
         if os.environ.get(name, "").isdigit():
             return int(os.environ[name])
     return 0
+
+
+def launch_world_size() -> int:
+    """How many processes a distributed launch started (1 outside one)."""
+    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 1
 
 
 def release_output_dir(folder: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import glob
 import io
@@ -10,13 +11,13 @@ import json
 import os
 import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..hub.released.registry import default_model_name
 from ..file_modes import write_text_atomic
 from ..visualize import MAP_SCALES
-from .common import CommandError, prepare_output_dir, resolve_device
+from .common import CommandError, add_num_workers_flag, launch_world_size, prepare_output_dir, resolve_device
 from .loading import add_model_options, check_sources, load_detector
 
 # Overlays (and the decoded images behind them) are kept within this size; JPEGs decode at a reduced
@@ -48,9 +49,9 @@ def find_images(inputs: Sequence[str]) -> list[Path]:
     return list(found)
 
 
-def _batches(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+@contextlib.contextmanager
+def _no_file():
+    yield None
 
 
 def overlay_names(paths: list[Path]) -> list[str]:
@@ -161,18 +162,38 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
     write_text_atomic(path, text.getvalue())
 
 
+def _distributed():
+    """`accelerate.PartialState` when this process is one of several (torchrun / `accelerate launch`), else None."""
+    if launch_world_size() < 2:
+        return None
+    from accelerate import PartialState
+
+    return PartialState()
+
+
 def run(args: argparse.Namespace) -> int:
     paths = find_images(args.images)
+    several = launch_world_size() > 1
+    if several and args.resume:
+        raise CommandError("--resume continues a run of one process; run it without a distributed launch")
+    if several and args.map_scale == "run":
+        raise CommandError("--map-scale run shares one colour range over all images, which needs one process; "
+                           "use --map-scale absolute or image with several processes")
     out_dir = prepare_output_dir(args.out, flag="--out", overwrite=args.overwrite, resume=args.resume,
                                  resume_flag="--resume")
     check_sources(args.model, args.backbone)  # fail fast, before torch is imported
+    state = _distributed()
     device = resolve_device(args.device)
+    if state is not None and device.type == "cuda":
+        device = state.device  # one GPU per process
     model = load_detector(args.model, args.backbone, args.object_name)
 
     import torch
     from ..progress import progress as progress_bar
 
-    from ..clip.processing import ImageLoadError, ZSADImageProcessor, load_rgb
+    from ..background import BackgroundWriter
+    from ..clip.processing import ZSADImageProcessor
+    from ..data.loader import image_file_loader
     from ..modeling_outputs import LABELS
     from ..report import DetectReport
 
@@ -197,6 +218,9 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--save-masks: {settings_model(args)} has no pixel threshold; set one with zsad calibrate "
                            "(or save the maps with --save-maps and threshold them yourself)")
     settings = _detect_settings(args, size)
+    main_process = state is None or state.is_main_process
+    if state is not None:
+        state.wait_for_everyone()  # the main process has checked and claimed --out
     overlay_dir = out_dir / "overlays"
     overlay_dir.mkdir(exist_ok=True)
     names = dict(zip(paths, overlay_names(paths)))
@@ -208,49 +232,73 @@ def run(args: argparse.Namespace) -> int:
     for row in rows.values():
         if row["status"] == "ok":
             report.add_finished(row["image"], float(row["score"]), row.get("label") or None, row["overlay"])
-    write_text_atomic(out_dir / "scores.json", json.dumps({"settings": settings, "complete": False}, indent=2))
-    _write_rows(out_dir / "scores.csv", list(rows.values()))  # finished rows first; new ones are appended
+    if main_process:
+        write_text_atomic(out_dir / "scores.json", json.dumps({"settings": settings, "complete": False}, indent=2))
+        _write_rows(out_dir / "scores.csv", list(rows.values()))  # finished rows first; new ones are appended
     todo = [p for p in paths if str(p) not in rows]
+    if state is not None:
+        todo = todo[state.process_index :: state.num_processes]  # this process's share; rows are merged below
     failures: list[str] = []
+    categories = args.class_name
+
+    def record(row: dict, handle, writer) -> None:
+        rows[row["image"]] = row
+        if writer is not None:  # one process: scores.csv grows as images finish (what --resume reads)
+            writer.writerow(row)
+            handle.flush()
+
+    def write_outputs(path, image, anomaly_map, score, label, handle, writer) -> None:
+        """On the background writer: map files and panel first, then the row that says they exist."""
+        overlay = (Path("overlays") / names[path]).as_posix()
+        save_map_files(out_dir, names[path], anomaly_map, image.size[::-1], processor, args, model.config.pixel_threshold)
+        report.add(path, image, anomaly_map, score, label, overlay)
+        record({"image": str(path), "status": "ok", "score": repr(score), "label": label or "", "overlay": overlay,
+                "message": ""}, handle, writer)
+
+    loader = image_file_loader(todo, processor, args.batch_size, max_side=MAX_OVERLAY_SIDE,
+                               num_workers=args.num_workers, device=device)
     try:
-        with open(out_dir / "scores.csv", "a", newline="", encoding="utf-8") as handle, \
-                progress_bar(total=len(paths), initial=len(rows), desc="zsad detect", unit="img",
-                     disable=True if args.quiet else None) as progress:
-            writer = csv.DictWriter(handle, fieldnames=SCORE_FIELDS)
-            for batch_paths in _batches(todo, args.batch_size):
-                images, kept = [], []
-                for path in batch_paths:
-                    try:
-                        images.append(load_rgb(path, max_side=MAX_OVERLAY_SIDE))
-                        kept.append(path)
-                    except ImageLoadError as error:
-                        failures.append(str(error))
-                        rows[str(path)] = {"image": str(path), "status": "unreadable", "score": "", "label": "",
-                                           "overlay": "", "message": str(error)}
-                        writer.writerow(rows[str(path)])
-                if images:
-                    pixels = torch.stack([processor.preprocess_image(image) for image in images])
+        with open(out_dir / "scores.csv", "a", newline="", encoding="utf-8") if state is None else _no_file() as handle, \
+                progress_bar(total=len(paths) if state is None else len(todo), initial=len(rows), desc="zsad detect",
+                             unit="img", disable=True if args.quiet or not main_process else None) as progress, \
+                BackgroundWriter() as background:
+            writer = csv.DictWriter(handle, fieldnames=SCORE_FIELDS) if handle is not None else None
+            for batch in loader:
+                kept = [item for item in batch["items"] if item["error"] is None]
+                for item in batch["items"]:
+                    if item["error"] is not None:
+                        failures.append(item["error"])
+                        row = {"image": str(item["path"]), "status": "unreadable", "score": "", "label": "", "overlay": "",
+                               "message": item["error"]}
+                        background.submit(lambda row=row: record(row, handle, writer))
+                if kept:
+                    pixels = batch["pixel_values"].to(device, model.dtype, non_blocking=True)
                     with torch.inference_mode():
-                        categories = [args.class_name] * len(kept) if args.class_name else None
-                        output = model(pixel_values=pixels.to(device, model.dtype), categories=categories)
+                        output = model(pixel_values=pixels, categories=[categories] * len(kept) if categories else None)
                     scores = output.pred_scores.float().cpu().tolist()
                     labels = [None] * len(kept) if output.pred_labels is None else [LABELS[i] for i in output.pred_labels.tolist()]
-                    for path, image, score, label, anomaly_map in zip(kept, images, scores, labels, output.anomaly_maps.float().cpu()):
-                        overlay = (Path("overlays") / names[path]).as_posix()
-                        save_map_files(out_dir, names[path], anomaly_map, image.size[::-1], processor, args,
-                                       model.config.pixel_threshold)
-                        report.add(path, image, anomaly_map, score, label, overlay)
-                        rows[str(path)] = {"image": str(path), "status": "ok", "score": repr(score),
-                                           "label": label or "", "overlay": overlay, "message": ""}
-                        writer.writerow(rows[str(path)])
-                handle.flush()
-                progress.update(len(batch_paths))
+                    for item, score, label, anomaly_map in zip(kept, scores, labels, output.anomaly_maps.float().cpu()):
+                        background.submit(lambda a=(item["path"], item["image"], anomaly_map, score, label):
+                                          write_outputs(*a, handle, writer))
+                progress.update(len(batch["items"]))
     except KeyboardInterrupt:
         print(f"zsad detect: interrupted after {len(rows)} of {len(paths)} image(s); to continue, run the same "
               "command with --resume", file=sys.stderr)
         return 130
 
+    if state is not None:  # every process's rows, panels and failures to the main process
+        from accelerate.utils import gather_object
+
+        shares = gather_object([(rows, report.items, failures)])
+        if not main_process:
+            return 0
+        for share_rows, share_items, share_failures in shares[1:]:
+            rows.update(share_rows)
+            report.items.extend(share_items)
+            failures.extend(share_failures)
     ordered = [rows[str(p)] for p in paths]
+    position = {str(p): index for index, p in enumerate(paths)}
+    report.items.sort(key=lambda item: position[item.image])  # input order, however the work was shared out
     _write_rows(out_dir / "scores.csv", ordered)
     report_path = report.finish() if report.items else None
     results = [{**row, "score": float(row["score"]) if row["status"] == "ok" else None} for row in ordered]
@@ -299,4 +347,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="also save each binary mask (map >= the model's pixel threshold, from zsad calibrate) "
                         "at its image's size: masks/<name>.png")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_num_workers_flag(parser)
     parser.set_defaults(func=run)

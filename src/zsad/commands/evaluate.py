@@ -11,7 +11,10 @@ from ..hub.released.registry import default_model_name
 from .common import (
     CommandError,
     add_dataset_mapping_flags,
+    add_num_workers_flag,
+    byte_size,
     dataset_mapping_options,
+    launch_world_size,
     non_negative_int,
     prepare_output_dir,
     resolve_device,
@@ -29,7 +32,22 @@ def settings(args: argparse.Namespace) -> dict:
             "loading_options": dataset_mapping_options(args) or None}
 
 
+def _accelerator():
+    """An `Accelerator` when this process is one of several (torchrun / `accelerate launch -m zsad.evaluate`),
+    with `even_batches=False` so that no image is counted twice; else None."""
+    if launch_world_size() < 2:
+        return None
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    return Accelerator(dataloader_config=DataLoaderConfiguration(even_batches=False))
+
+
 def run(args: argparse.Namespace) -> int:
+    several = launch_world_size() > 1
+    if several and (args.resume or args.normal_references):
+        raise CommandError(f"{'--resume' if args.resume else '--normal-references'} runs in one process; "
+                           "run it without a distributed launch")
     out_dir = prepare_output_dir(args.out, flag="--out", overwrite=args.overwrite, resume=args.resume,
                                  resume_flag="--resume")
     check_sources(args.model, args.backbone)
@@ -41,8 +59,10 @@ def run(args: argparse.Namespace) -> int:
             if earlier.get(key) != value:
                 raise CommandError(f"--resume: {out_dir} holds a run with {key} = {earlier.get(key)!r}, not {value!r}; "
                                    "resume with the same options, or pass --overwrite to start again")
-    write_text_atomic(path, json.dumps(current, indent=2))
-    device = resolve_device(args.device)
+    accelerator = _accelerator()
+    if accelerator is None or accelerator.is_main_process:
+        write_text_atomic(path, json.dumps(current, indent=2))
+    device = resolve_device(args.device) if accelerator is None else accelerator.device
     model = load_detector(args.model, args.backbone, args.object_name).to(device).eval()
 
     from ..evaluation import evaluate_datasets
@@ -52,8 +72,9 @@ def run(args: argparse.Namespace) -> int:
             model, args.datasets, output_dir=out_dir, split=args.split, categories=args.categories,
             image_size=args.image_size, batch_size=args.batch_size, aupro_mode=args.aupro,
             report_cflow=args.report_cflow, heatmaps_per_category=args.heatmaps_per_category,
-            model_name=args.model or default_model_name(), normal_references=args.normal_references, resumable=True,
-            loading_options=dataset_mapping_options(args),
+            model_name=args.model or default_model_name(), normal_references=args.normal_references,
+            resumable=accelerator is None, loading_options=dataset_mapping_options(args), num_workers=args.num_workers,
+            max_memory=args.max_memory, accelerator=accelerator, log=print if accelerator is None else accelerator.print,
         )
     except KeyboardInterrupt:
         print(f"zsad evaluate: interrupted; the images scored so far are kept in {out_dir}; to continue, run the same "
@@ -67,7 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate",
         help="per-category metrics of a model on datasets",
         description="Image AUROC/AP/F1-max and pixel AUROC/AP/F1-max/AUPRO per category, with macro averages. "
-        "For several processes use `accelerate launch examples/evaluate.py`.",
+        "For several processes or GPUs: `accelerate launch -m zsad.evaluate ...` (the same options).",
     )
     parser.add_argument("datasets", nargs="+", help="folders written by `zsad convert`, parquet, imagefolder or Hub ids")
     parser.add_argument("--out", default="zsad_eval", help="output folder, empty or new (default: zsad_eval)")
@@ -85,5 +106,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run in --out: the images it scored are kept, the rest are scored, "
                         "and the metrics equal those of an uninterrupted run")
+    parser.add_argument("--max-memory", type=byte_size, metavar="SIZE",
+                        help="exact metrics: keep this much of the anomaly maps in memory (e.g. 2GB) and spill the rest to "
+                        "a temporary folder; the metrics are identical (default: all in memory)")
+    add_num_workers_flag(parser)
     add_dataset_mapping_flags(parser)
     parser.set_defaults(func=run)

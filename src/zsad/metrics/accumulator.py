@@ -51,11 +51,65 @@ PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_aupro")
 METRIC_NAMES = IMAGE_METRICS + PIXEL_METRICS
 
 
+class _SpilledMaps:
+    """One batch's maps, written to a file of the accumulator's spill folder instead of kept in memory.
+
+    Read back (memory-mapped) when the metrics are computed; pickled (to merge processes) as the array
+    itself, since the file is local to the process that wrote it."""
+
+    def __init__(self, folder: _SpillFolder, path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.folder = folder  # kept alive (its files exist) as long as a spilled batch refers to it
+        self.path, self.offset, self.shape, self.dtype = path, offset, shape, np.dtype(dtype)
+
+    @classmethod
+    def write(cls, folder: _SpillFolder, category: str, maps: np.ndarray) -> _SpilledMaps:
+        handle = folder.handle(category)
+        offset = handle.tell()
+        handle.write(np.ascontiguousarray(maps).tobytes())
+        handle.flush()
+        return cls(folder, handle.name, offset, maps.shape, maps.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def ravel(self) -> np.ndarray:
+        return np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape).ravel()
+
+    def __reduce__(self):
+        return (np.array, (self.ravel().reshape(self.shape),))
+
+
+class _SpillFolder:
+    """Files the maps beyond the memory budget go to (one per category); removed with the accumulator."""
+
+    def __init__(self) -> None:
+        import tempfile
+        import weakref
+
+        self.path = tempfile.mkdtemp(prefix="zsad-metrics-")
+        self._handles: dict[str, Any] = {}
+        self._finalizer = weakref.finalize(self, _remove_spill_folder, self.path, self._handles)
+
+    def handle(self, category: str):
+        if category not in self._handles:
+            self._handles[category] = open(f"{self.path}/{len(self._handles)}.f32", "ab")  # noqa: SIM115 (closed on removal)
+        return self._handles[category]
+
+
+def _remove_spill_folder(path: str, handles: dict) -> None:
+    import shutil
+
+    for handle in handles.values():
+        handle.close()
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @dataclass
 class _CategoryState:
     scores: list[np.ndarray] = field(default_factory=list)  # float64 (b,)
     labels: list[np.ndarray] = field(default_factory=list)  # bool (b,)
-    maps: list[np.ndarray] = field(default_factory=list)  # exact/cflow: (n, H, W) float32/float64
+    maps: list[np.ndarray | _SpilledMaps] = field(default_factory=list)  # exact/cflow: (n, H, W) float32/float64
     masks: list[tuple[np.ndarray, tuple[int, ...]]] = field(default_factory=list)  # (packbits, shape)
     counts: BinnedPixelCounts | None = None  # binned
     num_pixel_images: int = 0
@@ -90,6 +144,10 @@ class AnomalyMetrics:
             ``num_thresholds`` in cflow mode) from the same maps. Not available in binned mode.
         undefined: what ``compute()`` does when a category has pixel ground truth but no anomalous (or no
             normal) pixel: ``"raise"`` a ``ValueError`` (default) or report NaN with a warning.
+        max_memory: exact/cflow modes: bytes of anomaly maps kept in memory; the maps beyond it go to
+            files in a temporary folder (read back memory-mapped by ``compute()``, removed with the
+            accumulator). The results are identical; ``compute()`` then needs one category's maps at a
+            time. None (default): everything in memory.
 
     Usage::
 
@@ -109,6 +167,7 @@ class AnomalyMetrics:
         score_range: tuple[float, float] = (0.0, 1.0),
         report_cflow: bool = False,
         undefined: Literal["raise", "nan"] = "raise",
+        max_memory: int | None = None,
     ) -> None:
         if aupro_mode not in ("exact", "binned", "cflow"):
             raise ValueError(f"aupro_mode must be 'exact', 'binned' or 'cflow'; got {aupro_mode!r}")
@@ -127,7 +186,13 @@ class AnomalyMetrics:
         self.undefined = undefined
         if aupro_mode == "binned":
             BinnedPixelCounts(self.num_thresholds, self.score_range)  # validate the arguments early
+        if max_memory is not None and (max_memory < 0 or aupro_mode == "binned"):
+            raise ValueError("max_memory must be >= 0 bytes and applies to aupro_mode 'exact' or 'cflow' "
+                             f"(binned mode keeps counts only); got {max_memory} with {aupro_mode!r}")
+        self.max_memory = max_memory
         self._state: dict[str, _CategoryState] = {}
+        self._maps_in_memory = 0
+        self._spill: _SpillFolder | None = None
 
     # ------------------------------------------------------------------------------------------------------
     def _config(self) -> tuple:
@@ -142,11 +207,29 @@ class AnomalyMetrics:
     def empty_like(self) -> AnomalyMetrics:
         """A new, empty accumulator with the same configuration."""
         new = copy.copy(self)
-        new._state = {}
+        new._state, new._maps_in_memory, new._spill = {}, 0, None
         return new
 
     def reset(self) -> None:
-        self._state = {}
+        self._state, self._maps_in_memory, self._spill = {}, 0, None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_spill"] = None  # spilled maps travel as arrays (`_SpilledMaps.__reduce__`)
+        return state
+
+    @property
+    def spilled_bytes(self) -> int:
+        """Bytes of maps written to the spill folder (0 without `max_memory`)."""
+        return sum(m.nbytes for st in self._state.values() for m in st.maps if isinstance(m, _SpilledMaps))
+
+    def _keep_maps(self, category: str, maps: np.ndarray) -> np.ndarray | _SpilledMaps:
+        if self.max_memory is None or self._maps_in_memory + maps.nbytes <= self.max_memory:
+            self._maps_in_memory += maps.nbytes
+            return np.ascontiguousarray(maps)
+        if self._spill is None:
+            self._spill = _SpillFolder()
+        return _SpilledMaps.write(self._spill, category, maps)
 
     @property
     def categories(self) -> list[str]:
@@ -224,7 +307,7 @@ class AnomalyMetrics:
             else:
                 if m.dtype != np.float64:
                     m = m.astype(np.float32, copy=False)
-                st.maps.append(np.ascontiguousarray(m))
+                st.maps.append(self._keep_maps(c, m))
                 st.masks.append((np.packbits(g, axis=None), g.shape))
             st.num_pixel_images += pidx.size
 
