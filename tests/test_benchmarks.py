@@ -44,3 +44,18 @@ def test_flops_of_a_plain_vit_l14_layer_stack(throughput):
     assert parts["dense attention"] == 19 * (4 * tokens * tokens * width + 2 * tokens * width * width)
     # AnomalyCLIP's tower at 518 px: about 1.2 TFLOP per image, the compute floor the GPU targets use
     assert 1.15e12 < sum(parts.values()) < 1.25e12
+
+
+def test_pipeline_benchmark_runs_as_documented(tmp_path):
+    """examples/benchmarks/pipeline.py end to end on 8 small images (its rows, not its timings, are checked)."""
+    import subprocess
+    import sys
+
+    script = SCRIPT.parent / "pipeline.py"
+    result = subprocess.run([sys.executable, str(script), "--images", "8", "--image-size", "32", "--batch-size", "4",
+                             "--json", str(tmp_path / "rows.json")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    assert len(rows) == 2 and rows[0]["num_workers"] == 0  # then the default worker count
+    assert all(row["model_only"] > 0 and row["end_to_end"] > 0 and row["peak_rss_mib"] > 0 for row in rows)
+    assert "| tiny @ 32 px | 8 | 4 |" in result.stdout
