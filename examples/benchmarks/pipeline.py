@@ -104,11 +104,11 @@ def run_measured(command: list[str]) -> tuple[str, float]:
     return stdout, usage.ru_maxrss / 1024
 
 
-def detect_timings(checkpoint: str, images: str, batch_size: int, workers: str, out: str) -> None:
+def detect_timings(checkpoint: str, images: str, batch_size: str, workers: str, out: str) -> None:
     """In a child process: `zsad detect` on a warm-up, N/4 and N images; prints the timings as JSON."""
     from zsad.cli import main
 
-    paths = sorted(Path(images).glob("*.png"))
+    paths, batch_size = sorted(Path(images).glob("*.png")), int(batch_size)
     quarter = paths[: len(paths) // 4]
     timings = {}
     for name, subset in (("warmup", paths[:batch_size]), ("quarter", quarter), ("all", paths)):
