@@ -258,27 +258,35 @@ def test_resume_equals_an_uninterrupted_run_and_recomputes_nothing(tiny_backbone
     (folder / "broken.png").write_bytes(b"not a png")
     assert _detect(folder, tiny_backbone, tmp_path / "full", "--batch-size", "2") == 0
 
-    import zsad.visualize
+    # Ctrl-C in the forward loop, on the third batch: the first two batches' outputs are finished and kept.
+    import zsad.commands.detect as detect
 
-    real_overlay, calls = zsad.visualize.overlay_anomaly_map, []
+    real_load, forwards = detect.load_detector, []
 
-    def interrupted_overlay(*args, **kwargs):
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return real_overlay(*args, **kwargs)
+    def interrupted_model(*args, **kwargs):
+        model = real_load(*args, **kwargs)
+        real_forward = model.forward
 
-    monkeypatch.setattr(zsad.visualize, "overlay_anomaly_map", interrupted_overlay)
-    assert _detect(folder, tiny_backbone, tmp_path / "resumed", "--batch-size", "2") == 130
+        def forward(*a, **k):
+            forwards.append(1)
+            if len(forwards) == 3:
+                raise KeyboardInterrupt
+            return real_forward(*a, **k)
+
+        model.forward = forward
+        return model
+
+    monkeypatch.setattr(detect, "load_detector", interrupted_model)
+    assert _detect(folder, tiny_backbone, tmp_path / "resumed", "--batch-size", "2", "--num-workers", "0") == 130
     assert "--resume" in capsys.readouterr().err
     finished = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "resumed" / "overlays").iterdir()}
-    assert len(finished) == 3
+    assert len(finished) == 3  # broken.png + img0, img1 + img2 (sorted): 3 overlays, 1 unreadable
 
     import zsad.data.loader
 
-    real_load, loaded = zsad.data.loader.load_rgb, []
-    monkeypatch.setattr(zsad.visualize, "overlay_anomaly_map", real_overlay)
-    monkeypatch.setattr(zsad.data.loader, "load_rgb", lambda path, **kw: loaded.append(Path(path).name) or real_load(path, **kw))
+    real_rgb, loaded = zsad.data.loader.load_rgb, []
+    monkeypatch.setattr(detect, "load_detector", real_load)
+    monkeypatch.setattr(zsad.data.loader, "load_rgb", lambda path, **kw: loaded.append(Path(path).name) or real_rgb(path, **kw))
     # Decoding in this process (--num-workers 0), so that the files it opens are seen here.
     assert _detect(folder, tiny_backbone, tmp_path / "resumed", "--batch-size", "2", "--resume", "--num-workers", "0") == 0
     assert "4 from the earlier run" in capsys.readouterr().out  # 3 scored, 1 recorded as unreadable

@@ -14,16 +14,20 @@ from zsad.data import make_synthetic_dataset
 from zsad.metrics import AnomalyMetrics
 
 
-def test_background_writer_keeps_order_and_reports_errors():
-    done = []
-    with BackgroundWriter(max_pending=2) as writer:
-        for index in range(20):
-            writer.submit(lambda index=index: done.append(index))
-    assert done == list(range(20))
+def test_background_writer_commits_in_order_and_reports_errors():
+    import time
+
+    worked, committed = set(), []
+    with BackgroundWriter(max_pending=3, threads=3) as writer:
+        for index in range(20):  # later jobs' work often finishes first; their commits still come in order
+            writer.submit(lambda index=index: time.sleep(0.002 * (index % 4 == 0)) or worked.add(index),
+                          commit=lambda index=index: committed.append((index, index in worked)))
+    assert committed == [(index, True) for index in range(20)]  # each commit after its own work, in order
     writer = BackgroundWriter()
-    writer.submit(lambda: 1 / 0)
+    writer.submit(lambda: 1 / 0, commit=lambda: committed.append("never"))
     with pytest.raises(ZeroDivisionError):
         writer.close()
+    assert committed[-1] != "never"
 
 
 def test_a_slow_writer_does_not_hold_up_the_forward_passes(tiny_backbone, tmp_path, monkeypatch):
@@ -58,8 +62,10 @@ def test_a_slow_writer_does_not_hold_up_the_forward_passes(tiny_backbone, tmp_pa
 
     real_add = zsad.report.DetectReport.add
 
+    first = threading.Lock()
+
     def slow_add(self, *args, **kwargs):
-        if not seen:  # the first write waits for the forward loop to finish (or 20 s)
+        if first.acquire(blocking=False):  # the first write waits for the forward loop to finish (or 20 s)
             all_forwards_done.wait(timeout=20)
             seen.append(len(forwards))
         return real_add(self, *args, **kwargs)

@@ -63,7 +63,7 @@ def evaluate_model(
             if heatmap_dir is not None and max_heatmaps_per_category > 0:
                 on_cpu = {"pred_scores": output.pred_scores.float().cpu(), "anomaly_maps": output.anomaly_maps.float().cpu(),
                           "pred_labels": None if output.pred_labels is None else output.pred_labels.cpu()}
-                writer.submit(lambda batch=batch, on_cpu=on_cpu: _save_heatmaps(
+                writer.submit(commit=lambda batch=batch, on_cpu=on_cpu: _save_heatmaps(  # in order: quotas per category
                     batch, on_cpu, Path(heatmap_dir), saved, max_heatmaps_per_category, original_images))
     if accelerator is not None:
         metrics = metrics.gather(accelerator)

@@ -17,6 +17,7 @@ from .file_modes import write_text_atomic
 
 REPORT_NAME = "report.html"
 THUMBNAIL_SIDE = 224
+PANEL_PNG_LEVEL = 1
 
 
 @dataclass
@@ -135,8 +136,15 @@ class DetectReport:
 
         path = self.out_dir / item.panel
         path.parent.mkdir(parents=True, exist_ok=True)
-        anomaly_panel(image, anomaly_map, score=item.score, label=item.label, value_range=value_range,
-                      title=Path(item.image).name).save(path)
+        panel = anomaly_panel(image, anomaly_map, score=item.score, label=item.label, value_range=value_range,
+                              title=Path(item.image).name)
+        # zlib level 1: half the encoding time of the default level 6 for about 10 % larger files.
+        panel.save(path, compress_level=PANEL_PNG_LEVEL)
+        save_thumbnail(panel, self.out_dir / self.thumbnail_name(item))  # from memory, not read back
+
+    @staticmethod
+    def thumbnail_name(item: ReportItem) -> str:
+        return (Path("thumbnails") / Path(item.panel).name).with_suffix(".jpg").as_posix()
 
     def finish(self) -> Path:
         """Write the deferred panels (`run` scale), the thumbnails and `report.html`; returns its path."""
@@ -150,8 +158,8 @@ class DetectReport:
             self._deferred = []
         thumbnails = {}
         for item in self.items:
-            thumbnail = (Path("thumbnails") / Path(item.panel).name).with_suffix(".jpg").as_posix()
-            with Image.open(self.out_dir / item.panel) as panel:
-                save_thumbnail(panel, self.out_dir / thumbnail)
-            thumbnails[item.panel] = thumbnail
+            thumbnail = thumbnails[item.panel] = self.thumbnail_name(item)
+            if not (self.out_dir / thumbnail).is_file():  # a panel of a run that predates thumbnails-with-panels
+                with Image.open(self.out_dir / item.panel) as panel:
+                    save_thumbnail(panel, self.out_dir / thumbnail)
         return write_html_report(self.out_dir, self.items, thumbnails=thumbnails, title=self.title, details=self.details)

@@ -247,13 +247,14 @@ def run(args: argparse.Namespace) -> int:
             writer.writerow(row)
             handle.flush()
 
-    def write_outputs(path, image, anomaly_map, score, label, handle, writer) -> None:
-        """On the background writer: map files and panel first, then the row that says they exist."""
-        overlay = (Path("overlays") / names[path]).as_posix()
+    def write_files(path, image, anomaly_map, score, label) -> None:
+        """On the background writer's pool: an image's map files and panel."""
         save_map_files(out_dir, names[path], anomaly_map, image.size[::-1], processor, args, model.config.pixel_threshold)
-        report.add(path, image, anomaly_map, score, label, overlay)
-        record({"image": str(path), "status": "ok", "score": repr(score), "label": label or "", "overlay": overlay,
-                "message": ""}, handle, writer)
+        report.add(path, image, anomaly_map, score, label, (Path("overlays") / names[path]).as_posix())
+
+    def ok_row(path, score, label) -> dict:
+        return {"image": str(path), "status": "ok", "score": repr(score), "label": label or "",
+                "overlay": (Path("overlays") / names[path]).as_posix(), "message": ""}
 
     loader = image_file_loader(todo, processor, args.batch_size, max_side=MAX_OVERLAY_SIDE,
                                num_workers=args.num_workers, device=device)
@@ -270,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
                         failures.append(item["error"])
                         row = {"image": str(item["path"]), "status": "unreadable", "score": "", "label": "", "overlay": "",
                                "message": item["error"]}
-                        background.submit(lambda row=row: record(row, handle, writer))
+                        background.submit(commit=lambda row=row: record(row, handle, writer))
                 if kept:
                     pixels = batch["pixel_values"].to(device, model.dtype, non_blocking=True)
                     with torch.inference_mode():
@@ -278,8 +279,9 @@ def run(args: argparse.Namespace) -> int:
                     scores = output.pred_scores.float().cpu().tolist()
                     labels = [None] * len(kept) if output.pred_labels is None else [LABELS[i] for i in output.pred_labels.tolist()]
                     for item, score, label, anomaly_map in zip(kept, scores, labels, output.anomaly_maps.float().cpu()):
-                        background.submit(lambda a=(item["path"], item["image"], anomaly_map, score, label):
-                                          write_outputs(*a, handle, writer))
+                        # The files on the pool; the row, which says they exist, after them and in input order.
+                        background.submit(lambda a=(item["path"], item["image"], anomaly_map, score, label): write_files(*a),
+                                          commit=lambda r=ok_row(item["path"], score, label): record(r, handle, writer))
                 progress.update(len(batch["items"]))
     except KeyboardInterrupt:
         print(f"zsad detect: interrupted after {len(rows)} of {len(paths)} image(s); to continue, run the same "
