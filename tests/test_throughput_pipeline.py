@@ -101,3 +101,23 @@ def test_spilled_maps_give_the_in_memory_metrics(tiny_backbone, tmp_path):
         bounded.update(output, batch)
     assert kept.spilled_bytes == 0 and bounded.spilled_bytes == 11 * 28 * 28 * 4
     assert kept.compute() == bounded.compute() == bounded.gather().compute()
+
+
+def test_scores_only_writes_the_scores_of_a_full_run_and_nothing_else(tiny_backbone, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(5)
+    for index in range(5):
+        Image.fromarray(rng.integers(0, 255, (24, 30, 3), dtype=np.uint8)).save(images / f"{index}.png")
+    common = ["detect", str(images), "--model", "zero-shot-clip", "--backbone", tiny_backbone, "--image-size", "28",
+              "--batch-size", "2", "--save-maps", "npy", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "full")]) == 0
+    assert main([*common, "--out", str(tmp_path / "scores"), "--scores-only"]) == 0
+    full, scores = (json.loads((tmp_path / d / "scores.json").read_text())["results"] for d in ("full", "scores"))
+    assert [r["score"] for r in full] == [r["score"] for r in scores] and {r["overlay"] for r in scores} == {""}
+    assert sorted(p.name for p in (tmp_path / "scores").iterdir() if not p.name.startswith(".")) == ["maps", "scores.csv", "scores.json"]
+    for name in ("0.npy", "4.npy"):
+        assert np.array_equal(np.load(tmp_path / "full" / "maps" / name), np.load(tmp_path / "scores" / "maps" / name))
+    # A finished scores-only run resumes to itself without scoring anything again.
+    assert main([*common, "--out", str(tmp_path / "scores"), "--scores-only", "--resume"]) == 0
+    assert json.loads((tmp_path / "scores" / "scores.json").read_text())["results"] == scores

@@ -12,9 +12,10 @@ Throughput: N synthetic PNG textures of the chosen size are written to a tempora
 forwards the already preprocessed tensors in batches (AnomalyCLIP, random weights: speed does not depend
 on weight values; "tiny" is a 4-layer, width-32 ViT with 16 px patches, whose forward costs next to
 nothing, so that decoding and writing weigh most); "end to end" is `zsad detect` on the files (decoding, preprocessing, forward, panels,
-maps, report) with `--num-workers 0` and with the default. Fixed costs (start-up, model load) are taken
+maps, report) with `--num-workers 0`, with the default, and with the default and `--scores-only`. Fixed costs (start-up, model load) are taken
 out by timing a run on N/4 images and one on N in the same process: rate = (N - N/4) / (t_N - t_N/4).
-Peak RSS is the detect process's (and its workers', whichever is larger), read from `wait4`.
+Peak RSS is that of a plain `zsad detect` on the N images in a process of its own (or of its workers,
+whichever is larger), read from `wait4`.
 
 Memory: `zsad evaluate` of a synthetic dataset (four texture categories) in a fresh process per row;
 peak RSS from `wait4`.
@@ -102,7 +103,12 @@ def run_measured(command: list[str]) -> tuple[str, float]:
     return stdout, usage.ru_maxrss / 1024
 
 
-def detect_timings(checkpoint: str, images: str, batch_size: str, workers: str, out: str) -> None:
+def detect_argv(images, checkpoint, batch_size, workers: str, scores_only: bool, out) -> list[str]:
+    return ["detect", *map(str, images), "--model", str(checkpoint), "--batch-size", str(batch_size), "--out", str(out),
+            "--quiet", *(["--num-workers", workers] if workers != "default" else []), *(["--scores-only"] if scores_only else [])]
+
+
+def detect_timings(checkpoint: str, images: str, batch_size: str, workers: str, scores_only: str, out: str) -> None:
     """In a child process: `zsad detect` on a warm-up, N/4 and N images; prints the timings as JSON."""
     from zsad.cli import main
 
@@ -112,8 +118,7 @@ def detect_timings(checkpoint: str, images: str, batch_size: str, workers: str, 
     for name, subset in (("warmup", paths[:batch_size]), ("quarter", quarter), ("all", paths)):
         folder = Path(out) / name
         start = time.perf_counter()
-        argv = ["detect", *map(str, subset), "--model", checkpoint, "--batch-size", str(batch_size), "--out", str(folder),
-                "--quiet", *(["--num-workers", workers] if workers != "default" else [])]
+        argv = detect_argv(subset, checkpoint, batch_size, workers, scores_only == "1", folder)
         if main(argv) != 0:
             raise SystemExit(f"zsad detect failed: {argv}")
         timings[name] = time.perf_counter() - start
@@ -131,18 +136,23 @@ def throughput(args) -> list[dict]:
         count = args.images[0]
         paths = write_images(scratch / "images", count, args.image_size)
         model_rate = model_only_rate(checkpoint, paths, args.batch_size)
-        for workers in ("0", "default"):
-            stdout, rss = run_measured([sys.executable, __file__, "--detect-child", str(checkpoint), str(scratch / "images"),
-                                        str(args.batch_size), workers, str(scratch / f"out-{workers}")])
+        for index, (workers, scores_only) in enumerate((("0", False), ("default", False), ("default", True))):
+            stdout, _ = run_measured([sys.executable, __file__, "--detect-child", str(checkpoint), str(scratch / "images"),
+                                      str(args.batch_size), workers, str(int(scores_only)), str(scratch / f"timed-{index}")])
             rate = json.loads(stdout.strip().splitlines()[-1])["rate"]
+            # Peak memory of the plain command on all N images, in a process of its own.
+            _, rss = run_measured([sys.executable, "-m", "zsad.cli", *detect_argv(
+                [scratch / "images"], checkpoint, args.batch_size, workers, scores_only, scratch / f"rss-{index}")])
             rows.append({"shape": args.shape, "image_size": args.image_size, "images": count, "batch_size": args.batch_size,
-                         "num_workers": default_num_workers() if workers == "default" else 0,
-                         "model_only": model_rate, "end_to_end": rate, "ratio": rate / model_rate, "peak_rss_mib": rss})
+                         "num_workers": default_num_workers() if workers == "default" else 0, "outputs":
+                         "scores" if scores_only else "scores, panels, report", "model_only": model_rate,
+                         "end_to_end": rate, "ratio": rate / model_rate, "peak_rss_mib": rss})
     print(f"Machine: {machine()}; float32; AnomalyCLIP on {args.shape} shapes (random weights), {args.image_size} px\n")
-    print("| backbone | images | batch | --num-workers | model only (img/s) | zsad detect (img/s) | ratio | peak RSS (MiB) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| backbone | images | batch | --num-workers | outputs | model only (img/s) | zsad detect (img/s) | ratio | "
+          "peak RSS (MiB) |")
+    print("|---|---:|---:|---:|---|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['shape']} @ {r['image_size']} px | {r['images']} | {r['batch_size']} | {r['num_workers']} | "
+        print(f"| {r['shape']} @ {r['image_size']} px | {r['images']} | {r['batch_size']} | {r['num_workers']} | {r['outputs']} | "
               f"{r['model_only']:.1f} | {r['end_to_end']:.1f} | {r['ratio']:.2f} | {r['peak_rss_mib']:.0f} |")
     return rows
 
@@ -179,7 +189,7 @@ def memory(args) -> list[dict]:
 
 def main(argv=None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--detect-child":
-        detect_timings(*sys.argv[2:7])
+        detect_timings(*sys.argv[2:8])
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=["tiny", "vit-b16"], default="tiny")

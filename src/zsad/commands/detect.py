@@ -102,6 +102,8 @@ def _detect_settings(args: argparse.Namespace, image_size_: int) -> dict:
         settings["class_name"] = args.class_name
     if args.save_maps or args.save_masks:
         settings.update(save_maps=args.save_maps, save_masks=args.save_masks)
+    if args.scores_only:
+        settings["scores_only"] = True
     return settings
 
 
@@ -123,7 +125,8 @@ def _finished_rows(out_dir: Path, settings: dict) -> dict[str, dict]:
     return {
         row["image"]: row
         for row in rows
-        if row.get("status") == "unreadable" or (row.get("status") == "ok" and (out_dir / row.get("overlay", "")).is_file())
+        if row.get("status") == "unreadable"
+        or (row.get("status") == "ok" and (settings.get("scores_only") or (out_dir / row.get("overlay", "")).is_file()))
     }
 
 
@@ -221,8 +224,8 @@ def run(args: argparse.Namespace) -> int:
     main_process = state is None or state.is_main_process
     if state is not None:
         state.wait_for_everyone()  # the main process has checked and claimed --out
-    overlay_dir = out_dir / "overlays"
-    overlay_dir.mkdir(exist_ok=True)
+    if not args.scores_only:
+        (out_dir / "overlays").mkdir(exist_ok=True)
     names = dict(zip(paths, overlay_names(paths)))
     report = DetectReport(out_dir, map_scale=args.map_scale, title=f"zsad detect: {settings['model']}",
                           details=[f"image threshold: {model.config.image_threshold}"])
@@ -230,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
     done = _finished_rows(out_dir, settings) if args.resume else {}
     rows = {str(p): done[str(p)] for p in paths if str(p) in done}
     for row in rows.values():
-        if row["status"] == "ok":
+        if row["status"] == "ok" and not args.scores_only:
             report.add_finished(row["image"], float(row["score"]), row.get("label") or None, row["overlay"])
     if main_process:
         write_text_atomic(out_dir / "scores.json", json.dumps({"settings": settings, "complete": False}, indent=2))
@@ -247,16 +250,17 @@ def run(args: argparse.Namespace) -> int:
             writer.writerow(row)
             handle.flush()
 
-    def write_files(path, image, anomaly_map, score, label) -> None:
+    def write_files(path, image, size, anomaly_map, score, label) -> None:
         """On the background writer's pool: an image's map files and panel."""
-        save_map_files(out_dir, names[path], anomaly_map, image.size[::-1], processor, args, model.config.pixel_threshold)
-        report.add(path, image, anomaly_map, score, label, (Path("overlays") / names[path]).as_posix())
+        save_map_files(out_dir, names[path], anomaly_map, size[::-1], processor, args, model.config.pixel_threshold)
+        if not args.scores_only:
+            report.add(path, image, anomaly_map, score, label, (Path("overlays") / names[path]).as_posix())
 
     def ok_row(path, score, label) -> dict:
         return {"image": str(path), "status": "ok", "score": repr(score), "label": label or "",
-                "overlay": (Path("overlays") / names[path]).as_posix(), "message": ""}
+                "overlay": "" if args.scores_only else (Path("overlays") / names[path]).as_posix(), "message": ""}
 
-    loader = image_file_loader(todo, processor, args.batch_size, max_side=MAX_OVERLAY_SIDE,
+    loader = image_file_loader(todo, processor, args.batch_size, max_side=MAX_OVERLAY_SIDE, keep_images=not args.scores_only,
                                num_workers=args.num_workers, device=device)
     try:
         with open(out_dir / "scores.csv", "a", newline="", encoding="utf-8") if state is None else _no_file() as handle, \
@@ -280,7 +284,8 @@ def run(args: argparse.Namespace) -> int:
                     labels = [None] * len(kept) if output.pred_labels is None else [LABELS[i] for i in output.pred_labels.tolist()]
                     for item, score, label, anomaly_map in zip(kept, scores, labels, output.anomaly_maps.float().cpu()):
                         # The files on the pool; the row, which says they exist, after them and in input order.
-                        background.submit(lambda a=(item["path"], item["image"], anomaly_map, score, label): write_files(*a),
+                        background.submit(lambda a=(item["path"], item["image"], item["size"], anomaly_map, score, label):
+                                          write_files(*a),
                                           commit=lambda r=ok_row(item["path"], score, label): record(r, handle, writer))
                 progress.update(len(batch["items"]))
     except KeyboardInterrupt:
@@ -315,8 +320,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: skipped unreadable image: {message}", file=sys.stderr)
     skipped = len(paths) - scored
     resumed = f" ({len(done)} from the earlier run)" if done else ""
-    print(f"scored {scored} image(s){resumed}{f', skipped {skipped} unreadable' if skipped else ''}; results in {out_dir}, "
-          f"report: {report_path}")
+    where = f", report: {report_path}" if report_path else ""
+    print(f"scored {scored} image(s){resumed}{f', skipped {skipped} unreadable' if skipped else ''}; results in {out_dir}{where}")
     return 0
 
 
@@ -348,6 +353,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--save-masks", action="store_true",
                         help="also save each binary mask (map >= the model's pixel threshold, from zsad calibrate) "
                         "at its image's size: masks/<name>.png")
+    parser.add_argument("--scores-only", action="store_true",
+                        help="write scores.csv and scores.json (and --save-maps / --save-masks) only: no panels, thumbnails "
+                        "or report, which cost more than the model's forward for a small backbone (large batch jobs)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_num_workers_flag(parser)
     parser.set_defaults(func=run)

@@ -60,14 +60,18 @@ def anomaly_dataloader(
 class ImageFiles(Dataset):
     """Image files, each decoded (within `max_side`) and preprocessed where the `DataLoader` runs it.
 
-    An item is `{"index", "path", "image", "pixel_values", "error"}`; for a file that cannot be read,
-    `image` and `pixel_values` are None and `error` says why.
+    An item is `{"index", "path", "image", "size", "pixel_values", "error"}` (`size` the decoded image's
+    `(width, height)`); for a file that cannot be read, `image` and `pixel_values` are None and `error` says
+    why. `keep_images=False` leaves `image` out (None) where only the scores and maps are needed, so that
+    no decoded picture travels from the workers.
     """
 
-    def __init__(self, paths: Sequence[str | os.PathLike], processor: ZSADImageProcessor, max_side: Optional[int] = None):
+    def __init__(self, paths: Sequence[str | os.PathLike], processor: ZSADImageProcessor, max_side: Optional[int] = None,
+                 keep_images: bool = True):
         self.paths = [Path(p) for p in paths]
         self.processor = processor
         self.max_side = max_side
+        self.keep_images = keep_images
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -77,9 +81,9 @@ class ImageFiles(Dataset):
         try:
             image = load_rgb(path, max_side=self.max_side)
         except ImageLoadError as error:
-            return {"index": index, "path": path, "image": None, "pixel_values": None, "error": str(error)}
-        return {"index": index, "path": path, "image": image, "pixel_values": self.processor.preprocess_image(image),
-                "error": None}
+            return {"index": index, "path": path, "image": None, "size": None, "pixel_values": None, "error": str(error)}
+        return {"index": index, "path": path, "image": image if self.keep_images else None, "size": image.size,
+                "pixel_values": self.processor.preprocess_image(image), "error": None}
 
 
 def collate_image_files(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -94,9 +98,10 @@ def image_file_loader(
     batch_size: int,
     *,
     max_side: Optional[int] = None,
+    keep_images: bool = True,
     num_workers: Optional[int] = None,
     device: Optional[torch.device] = None,
 ) -> DataLoader:
     """`ImageFiles` batches in the order of `paths`."""
-    return DataLoader(ImageFiles(paths, processor, max_side), batch_size=batch_size, collate_fn=collate_image_files,
+    return DataLoader(ImageFiles(paths, processor, max_side, keep_images), batch_size=batch_size, collate_fn=collate_image_files,
                       **_loader_options(num_workers, device))
