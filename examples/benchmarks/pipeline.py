@@ -14,11 +14,11 @@ on weight values; "tiny" is a 4-layer, width-32 ViT with 16 px patches, whose fo
 nothing, so that decoding and writing weigh most); "end to end" is `zsad detect` on the files (decoding, preprocessing, forward, panels,
 maps, report) with `--num-workers 0`, with the default, and with the default and `--scores-only`. Fixed costs (start-up, model load) are taken
 out by timing a run on N/4 images and one on N in the same process: rate = (N - N/4) / (t_N - t_N/4).
-Peak RSS is that of a plain `zsad detect` on the N images in a process of its own (or of its workers,
-whichever is larger), read from `wait4`.
+Peak RSS is the high-water mark (VmHWM) of the main process of a plain `zsad detect` on the N images,
+in a process of its own (DataLoader workers are processes of their own, not included).
 
 Memory: `zsad evaluate` of a synthetic dataset (four texture categories) in a fresh process per row;
-peak RSS from `wait4`.
+the main process's peak RSS (VmHWM).
 """
 
 from __future__ import annotations
@@ -89,18 +89,27 @@ def model_only_rate(checkpoint: Path, paths: list[Path], batch_size: int) -> flo
         return len(pixels) / (time.perf_counter() - start)
 
 
-def run_measured(command: list[str]) -> tuple[str, float]:
-    """Run `command`; its stdout and its peak RSS in MiB (the largest of it and its waited-for children)."""
-    with tempfile.TemporaryFile() as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        stderr = process.stderr.read().decode()
-        out.seek(0)
-        stdout = out.read().decode()
-    if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{stderr[-3000:]}")
-    return stdout, usage.ru_maxrss / 1024
+# Runs a module as __main__ and reports its process's peak RSS (VmHWM) at exit. ru_maxrss cannot be used:
+# Linux carries the parent's high-water mark into a child across fork and exec.
+PEAK_RSS_WRAPPER = """
+import atexit, runpy, sys
+def report():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            print("ZSAD_PEAK_RSS_KB", line.split()[1], file=sys.stderr)
+atexit.register(report)
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+def run_measured(module: str, args: list[str]) -> tuple[str, float]:
+    """Run `python -m module args`; its stdout and the peak RSS of its main process in MiB."""
+    result = subprocess.run([sys.executable, "-c", PEAK_RSS_WRAPPER, module, *args], capture_output=True, text=True)
+    peak = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("ZSAD_PEAK_RSS_KB")]
+    if result.returncode != 0 or not peak:
+        raise RuntimeError(f"python -m {module} {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return result.stdout, int(peak[-1]) / 1024
 
 
 def detect_argv(images, checkpoint, batch_size, workers: str, scores_only: bool, out) -> list[str]:
@@ -122,7 +131,8 @@ def detect_timings(checkpoint: str, images: str, batch_size: str, workers: str, 
         if main(argv) != 0:
             raise SystemExit(f"zsad detect failed: {argv}")
         timings[name] = time.perf_counter() - start
-    timings["rate"] = (len(paths) - len(quarter)) / (timings["all"] - timings["quarter"])
+    extra = timings["all"] - timings["quarter"]  # without the fixed costs; too noisy on a handful of images
+    timings["rate"] = (len(paths) - len(quarter)) / extra if extra > 0 else len(paths) / timings["all"]
     print(json.dumps(timings))
 
 
@@ -136,13 +146,15 @@ def throughput(args) -> list[dict]:
         count = args.images[0]
         paths = write_images(scratch / "images", count, args.image_size)
         model_rate = model_only_rate(checkpoint, paths, args.batch_size)
-        for index, (workers, scores_only) in enumerate((("0", False), ("default", False), ("default", True))):
-            stdout, _ = run_measured([sys.executable, __file__, "--detect-child", str(checkpoint), str(scratch / "images"),
-                                      str(args.batch_size), workers, str(int(scores_only)), str(scratch / f"timed-{index}")])
-            rate = json.loads(stdout.strip().splitlines()[-1])["rate"]
+        configs = (("default", False),) if args.smoke else (("0", False), ("default", False), ("default", True))
+        for index, (workers, scores_only) in enumerate(configs):
+            timed = subprocess.run([sys.executable, __file__, "--detect-child", str(checkpoint), str(scratch / "images"),
+                                    str(args.batch_size), workers, str(int(scores_only)), str(scratch / f"timed-{index}")],
+                                   capture_output=True, text=True, check=True)
+            rate = json.loads(timed.stdout.strip().splitlines()[-1])["rate"]
             # Peak memory of the plain command on all N images, in a process of its own.
-            _, rss = run_measured([sys.executable, "-m", "zsad.cli", *detect_argv(
-                [scratch / "images"], checkpoint, args.batch_size, workers, scores_only, scratch / f"rss-{index}")])
+            _, rss = run_measured("zsad.cli", detect_argv(
+                [scratch / "images"], checkpoint, args.batch_size, workers, scores_only, scratch / f"rss-{index}"))
             rows.append({"shape": args.shape, "image_size": args.image_size, "images": count, "batch_size": args.batch_size,
                          "num_workers": default_num_workers() if workers == "default" else 0, "outputs":
                          "scores" if scores_only else "scores, panels, report", "model_only": model_rate,
@@ -174,9 +186,9 @@ def memory(args) -> list[dict]:
                                 ("binned", ["--aupro", "binned"])):
                 out = scratch / f"eval-{count}-{len(rows)}"
                 start = time.perf_counter()
-                _, rss = run_measured([sys.executable, "-m", "zsad.cli", "evaluate", str(scratch / f"data-{count}"),
-                                       "--split", "train", "--model", str(scratch / "model"), "--batch-size", "32",
-                                       "--out", str(out), *flags])
+                _, rss = run_measured("zsad.cli", ["evaluate", str(scratch / f"data-{count}"), "--split", "train",
+                                                   "--model", str(scratch / "model"), "--batch-size", "32", "--out", str(out),
+                                                   *flags])
                 rows.append({"images": count, "mode": mode, "peak_rss_mib": rss, "seconds": time.perf_counter() - start})
     print(f"Machine: {machine()}; zsad evaluate, tiny backbone, {args.image_size} px maps "
           f"({args.image_size * args.image_size * 4 / 1024:.0f} KiB each in float32), 4 categories\n")
@@ -198,6 +210,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--memory", action="store_true", help="zsad evaluate's peak memory per image count instead")
     parser.add_argument("--json", help="also write the rows here")
+    parser.add_argument("--smoke", action="store_true", help="throughput: the default --num-workers row only (CI)")
     args = parser.parse_args(argv)
     if min(args.images) < 8 or args.batch_size < 1 or args.image_size < 16:
         parser.error("--images must be at least 8, --batch-size at least 1, --image-size at least 16")
