@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "heat-map overlay, the mask at a threshold slider, and the map as a download. Needs the demo extra "
         "(pip install 'zsad[demo]'). examples/space/app.py is the same app as a Hugging Face Space.",
     )
-    add_model_options(parser)
+    add_model_options(parser, batches=False)
     parser.add_argument("--class-name", help="the category a class-aware model prompts with (AdaCLIP, zero-shot-clip, winclip)")
     parser.add_argument("--examples", nargs="+", metavar="IMAGE", help="example images shown under the upload box")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1; 0.0.0.0 for every interface)")

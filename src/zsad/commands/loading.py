@@ -139,7 +139,9 @@ def load_detector(model_id: str | None, backbone: str | None, object_name: str |
     return model
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
+def add_model_options(parser: argparse.ArgumentParser, *, batches: bool = True) -> None:
+    """--model, --backbone, --object-name, --image-size, --device, the output flags; with `batches`, also
+    --batch-size and --overwrite (commands that score many images into an output folder)."""
     parser.add_argument("--model", metavar="NAME_OR_PATH",
                         help=f"a registry name (zsad models; default: {default_model_name()}, the authors' trained "
                         "Crane), zero-shot-clip or winclip (training-free), a zsad checkpoint folder or a Hub id (org/name)")
@@ -149,8 +151,10 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=image_size, metavar="N",
                         help="input resolution, a multiple of the patch size, at most 2048 "
                         "(default: the model's, 518 for ViT-L/14)")
-    parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="images per forward pass (default 8)")
+    if batches:
+        parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="images per forward pass (default 8)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
-    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder "
-                        "(files of the same names are replaced)")
+    if batches:
+        parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder "
+                            "(files of the same names are replaced)")
     add_output_flags(parser, suppress_default=True)
