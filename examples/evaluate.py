@@ -11,9 +11,6 @@ per category and their macro average), and optional heat-map samples. Single-pro
 
 import sys
 
-from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration
-
 from zsad.commands.common import (
     ArgumentParser,
     add_output_flags,
@@ -25,7 +22,7 @@ from zsad.commands.common import (
 )
 from zsad.commands.loading import load_detector
 from zsad.hub.released.registry import default_model_name
-from zsad.evaluation import evaluate_datasets
+from zsad.evaluation import evaluate_datasets, evaluation_accelerator
 
 
 def parse_args(argv=None):
@@ -59,8 +56,7 @@ def main(argv=None):
 def evaluate(args):
     prepare_output_dir(args.output_dir, flag="--output_dir", overwrite=args.overwrite)
     # even_batches=False: no sample is duplicated to pad the last batch, so the metrics stay exact.
-    accelerator = Accelerator(mixed_precision=args.mixed_precision,
-                              dataloader_config=DataLoaderConfiguration(even_batches=False))
+    accelerator = evaluation_accelerator(args.mixed_precision)
     model = load_detector(args.model, args.backbone, None)
     evaluate_datasets(
         model, args.datasets, output_dir=args.output_dir, split=args.split,

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -36,8 +35,9 @@ from pathlib import Path
 import torch
 
 def machine() -> str:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{platform.processor() or platform.machine()}, {cores} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    from zsad.background import usable_cores
+
+    return f"{platform.processor() or platform.machine()}, {usable_cores()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def build_checkpoint(shape: str, image_size: int, folder: Path) -> Path:

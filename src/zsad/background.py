@@ -21,10 +21,14 @@ from typing import Any, Optional
 DEFAULT_MAX_PENDING = 256
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the OS says, else the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_writer_threads() -> int:
-    """Two encoding threads where there are two cores or more, else one (at most 4)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(4, cores))
+    """One encoding thread per core, at most 4."""
+    return max(1, min(4, usable_cores()))
 
 
 def _done() -> None:

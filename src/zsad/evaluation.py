@@ -18,6 +18,15 @@ from .metrics import AnomalyMetrics, format_markdown
 from .training import model_inputs
 
 
+def evaluation_accelerator(mixed_precision: str | None = None):
+    """The `accelerate.Accelerator` an evaluation runs under: `even_batches=False`, so that no image is
+    repeated to even out the processes' last batches (the gathered metrics would count it twice)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    return Accelerator(mixed_precision=mixed_precision, dataloader_config=DataLoaderConfiguration(even_batches=False))
+
+
 @torch.inference_mode()
 def evaluate_model(
     model,

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
+from transformers.utils import IMAGE_PROCESSOR_NAME
 
 from .modeling_outputs import exceeds
 
@@ -64,21 +66,17 @@ class ExportableDetector(nn.Module):
         return scores, maps, exceeds(scores, image_threshold).long(), exceeds(maps, pixel_threshold)
 
 
-def _check_class_name(model, class_name: str | None) -> None:
-    if class_name is None:
-        return
-    if not model.class_aware:
+def _prepared(model, dtype: torch.dtype, class_name: str | None):
+    """`model` in eval mode on the CPU in `dtype`, with prompts for `class_name`; a copy when it must be
+    moved, cast or given a new class (the caller's model is left as it was)."""
+    if class_name is not None and not model.class_aware:
         raise ExportError(f"{type(model).__name__} is object-agnostic: a class name does not apply (leave it out)")
-    if class_name not in (getattr(model.config, "class_names", None) or []):
-        model.set_class_names([class_name])
-
-
-def _prepared(model, dtype: torch.dtype):
-    """`model` in eval mode on the CPU in `dtype`; a copy when it must be moved or cast (the caller's
-    model is left as it was)."""
+    new_class = class_name is not None and class_name not in (getattr(model.config, "class_names", None) or [])
     parameter = next(model.parameters())
-    if parameter.device.type != "cpu" or parameter.dtype != dtype:
+    if parameter.device.type != "cpu" or parameter.dtype != dtype or new_class:
         model = copy.deepcopy(model).to(device="cpu", dtype=dtype)
+    if new_class:
+        model.set_class_names([class_name])
     return model.eval()
 
 
@@ -116,8 +114,7 @@ def export_onnx(
 
     if dtype not in DTYPES:
         raise ExportError(f"dtype must be one of {sorted(DTYPES)}; got {dtype!r}")
-    model = _prepared(model, DTYPES[dtype])
-    _check_class_name(model, class_name)
+    model = _prepared(model, DTYPES[dtype], class_name)
     detector = ExportableDetector(model, class_name, DTYPES[dtype]).eval()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -145,7 +142,24 @@ def export_onnx(
     thresholds = {"image_threshold": model.config.image_threshold, "pixel_threshold": model.config.pixel_threshold}
     if thresholds_as_defaults:
         _set_threshold_defaults(path, thresholds)
-    _write_metadata(model, folder, "onnx", dtype, class_name, thresholds)
+    model.image_processor().save_pretrained(folder)
+    metadata = {
+        "format": "onnx",
+        "model_type": model.config.model_type,
+        "image_size": size,
+        "dtype": dtype,
+        "class_name": class_name,
+        "text_in_graph": detector.text_features is None,
+        "inputs": {"pixel_values": ["batch", 3, size, size], "image_threshold": [], "pixel_threshold": []},
+        "outputs": {
+            "pred_scores": ["batch"],
+            "anomaly_maps": ["batch", size, size],
+            "pred_labels": ["batch"],
+            "pred_masks": ["batch", size, size],
+        },
+        **thresholds,
+    }
+    _write_metadata(folder, metadata)
     return path
 
 
@@ -166,28 +180,13 @@ def export_openvino(
         path = folder / OPENVINO_NAME
         # compress_to_fp16=False: the IR keeps the precision asked for (fp16 weights only with dtype="float16").
         ov.save_model(converted, str(path), compress_to_fp16=False)
-    thresholds = {"image_threshold": model.config.image_threshold, "pixel_threshold": model.config.pixel_threshold}
-    _write_metadata(model, folder, "openvino", dtype, class_name, thresholds)
+        # The ONNX export's processor settings and metadata, as this folder's.
+        shutil.copy(Path(scratch) / IMAGE_PROCESSOR_NAME, folder / IMAGE_PROCESSOR_NAME)
+        metadata = json.loads((Path(scratch) / EXPORT_CONFIG_NAMES["onnx"]).read_text(encoding="utf-8"))
+    _write_metadata(folder, {**metadata, "format": "openvino"})
     return path
 
 
-def _write_metadata(model, folder: Path, export_format: str, dtype: str, class_name: str | None, thresholds: dict) -> None:
-    model.image_processor().save_pretrained(folder)
-    size = model.config.image_size
-    metadata = {
-        "format": export_format,
-        "model_type": model.config.model_type,
-        "image_size": size,
-        "dtype": dtype,
-        "class_name": class_name,
-        "text_in_graph": model.constant_text_features(class_name) is None,
-        "inputs": {"pixel_values": ["batch", 3, size, size], "image_threshold": [], "pixel_threshold": []},
-        "outputs": {
-            "pred_scores": ["batch"],
-            "anomaly_maps": ["batch", size, size],
-            "pred_labels": ["batch"],
-            "pred_masks": ["batch", size, size],
-        },
-        **thresholds,
-    }
-    (folder / EXPORT_CONFIG_NAMES[export_format]).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+def _write_metadata(folder: Path, metadata: dict) -> None:
+    path = folder / EXPORT_CONFIG_NAMES[metadata["format"]]
+    path.write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")

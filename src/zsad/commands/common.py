@@ -285,18 +285,20 @@ def lock_output_dir(folder: Path, flag: str) -> None:
 
 def launch_rank() -> int:
     """This process's global rank under torchrun / `accelerate launch` / MPI (0 outside a distributed launch)."""
-    for name in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"):
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    return 0
+    return _launch_value(("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"), 0)
 
 
 def launch_world_size() -> int:
     """How many processes a distributed launch started (1 outside one)."""
-    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+    return _launch_value(("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"), 1)
+
+
+def _launch_value(names: tuple[str, ...], default: int) -> int:
+    """The first of these launcher variables (torchrun / accelerate, MPI implementations) that is set."""
+    for name in names:
         if os.environ.get(name, "").isdigit():
             return int(os.environ[name])
-    return 1
+    return default
 
 
 def release_output_dir(folder: Path) -> None:

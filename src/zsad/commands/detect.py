@@ -49,11 +49,6 @@ def find_images(inputs: Sequence[str]) -> list[Path]:
     return list(found)
 
 
-@contextlib.contextmanager
-def _no_file():
-    yield None
-
-
 def overlay_names(paths: list[Path]) -> list[str]:
     """A distinct overlay file name per input: `<stem>.png`, or, where stems collide (`a/part.png`,
     `b/part.png`, `part.jpg`), the path below the inputs' common folder with its extension
@@ -242,7 +237,6 @@ def run(args: argparse.Namespace) -> int:
     if state is not None:
         todo = todo[state.process_index :: state.num_processes]  # this process's share; rows are merged below
     failures: list[str] = []
-    categories = args.class_name
 
     def record(row: dict, handle, writer) -> None:
         rows[row["image"]] = row
@@ -263,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
     loader = image_file_loader(todo, processor, args.batch_size, max_side=MAX_OVERLAY_SIDE, keep_images=not args.scores_only,
                                num_workers=args.num_workers, device=device)
     try:
-        with open(out_dir / "scores.csv", "a", newline="", encoding="utf-8") if state is None else _no_file() as handle, \
+        with open(out_dir / "scores.csv", "a", newline="", encoding="utf-8") if state is None else contextlib.nullcontext() as handle, \
                 progress_bar(total=len(paths) if state is None else len(todo), initial=len(rows), desc="zsad detect",
                              unit="img", disable=True if args.quiet or not main_process else None) as progress, \
                 BackgroundWriter() as background:
@@ -279,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
                 if kept:
                     pixels = batch["pixel_values"].to(device, model.dtype, non_blocking=True)
                     with torch.inference_mode():
-                        output = model(pixel_values=pixels, categories=[categories] * len(kept) if categories else None)
+                        output = model(pixel_values=pixels, categories=args.class_name)  # one class for all, or None
                     scores = output.pred_scores.float().cpu().tolist()
                     labels = [None] * len(kept) if output.pred_labels is None else [LABELS[i] for i in output.pred_labels.tolist()]
                     for item, score, label, anomaly_map in zip(kept, scores, labels, output.anomaly_maps.float().cpu()):

@@ -33,14 +33,13 @@ def settings(args: argparse.Namespace) -> dict:
 
 
 def _accelerator():
-    """An `Accelerator` when this process is one of several (torchrun / `accelerate launch -m zsad.evaluate`),
-    with `even_batches=False` so that no image is counted twice; else None."""
+    """`evaluation_accelerator()` when this process is one of several (torchrun / `accelerate launch -m
+    zsad.evaluate`), else None."""
     if launch_world_size() < 2:
         return None
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration
+    from ..evaluation import evaluation_accelerator
 
-    return Accelerator(dataloader_config=DataLoaderConfiguration(even_batches=False))
+    return evaluation_accelerator()
 
 
 def run(args: argparse.Namespace) -> int:

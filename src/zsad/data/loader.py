@@ -17,6 +17,7 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..background import usable_cores
 from ..clip.processing import ImageLoadError, ZSADImageProcessor, load_rgb
 from .transforms import collate_fn, with_anomaly_transform
 
@@ -26,21 +27,14 @@ MAX_DEFAULT_WORKERS = 8
 
 def default_num_workers() -> int:
     """One worker per core this process may use, less one for the main process, at most 8 (0 on one core)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(0, min(MAX_DEFAULT_WORKERS, cores - 1))
+    return max(0, min(MAX_DEFAULT_WORKERS, usable_cores() - 1))
 
 
 def _loader_options(num_workers: Optional[int], device: Optional[torch.device]) -> dict[str, Any]:
     workers = default_num_workers() if num_workers is None else num_workers
     if workers < 0:
         raise ValueError(f"num_workers must be >= 0; got {workers}")
-    options: dict[str, Any] = {"num_workers": workers, "pin_memory": device is not None and device.type == "cuda"}
-    if workers:
-        options["prefetch_factor"] = 2
-    return options
+    return {"num_workers": workers, "pin_memory": device is not None and device.type == "cuda"}
 
 
 def anomaly_dataloader(

@@ -19,7 +19,16 @@ import pyarrow.compute as pc
 
 from ..errors import first_line
 from .errors import DataError, DataWarning, SchemaError
-from .mapping import PRESETS, DatasetPreset, SplitMapping, add_preset_columns, apply_column_mapping, apply_label_mapping, regroup_splits
+from .mapping import (
+    PRESETS,
+    DatasetPreset,
+    SplitMapping,
+    add_preset_columns,
+    apply_column_mapping,
+    apply_label_mapping,
+    map_parts,
+    regroup_splits,
+)
 from .schema import ANOMALY, ensure_schema
 
 AnyDataset = Union[datasets.Dataset, datasets.DatasetDict, datasets.IterableDataset, datasets.IterableDatasetDict]
@@ -173,12 +182,6 @@ def _warn_image_level_only(ds: AnyDataset, source: str) -> None:
             )
 
 
-def _map_parts(ds: AnyDataset, function) -> AnyDataset:
-    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
-        return type(ds)({name: function(part) for name, part in ds.items()})
-    return function(ds)
-
-
 def _resolve_preset(source: str, preset: Union[str, DatasetPreset, None, bool]) -> Optional[DatasetPreset]:
     if preset is False:
         return None
@@ -229,17 +232,17 @@ def load_anomaly_dataset(
         column_mapping = {**chosen.column_mapping, **(column_mapping or {})}
         split_mapping = split_mapping if split_mapping is not None else chosen.split_mapping
     ds = _load(source, split if split_mapping is None else None, streaming, dict(kwargs))
-    if column_mapping or (chosen is not None and chosen.drop_columns):
-        drop = chosen.drop_columns if chosen is not None else ()
-        ds = _map_parts(ds, lambda part: apply_column_mapping(part, column_mapping or {}, drop, source))
+    drop = chosen.drop_columns if chosen is not None else ()
+    if column_mapping or drop:
+        ds = map_parts(ds, lambda part: apply_column_mapping(part, column_mapping or {}, drop, source))
     if split_mapping is not None:
         ds = regroup_splits(ds, split_mapping, source)
     if chosen is not None:
         ds = add_preset_columns(ds, chosen)
     if label_mapping:
-        ds = _map_parts(ds, lambda part: apply_label_mapping(part, label_mapping, source))
+        ds = map_parts(ds, lambda part: apply_label_mapping(part, label_mapping, source))
     ds = _pick_split(ds, split, source)
-    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):  # each split named in errors
         ds = type(ds)({name: ensure_schema(part, f"{source} [{name}]") for name, part in ds.items()})
     else:
         ds = ensure_schema(ds, source)

@@ -56,7 +56,14 @@ PRESETS: dict[str, DatasetPreset] = {
 
 
 def _columns(ds: Any) -> list[str]:
-    return list(ds.column_names or []) if ds.column_names is not None else list(ds.features or [])
+    return list(ds.column_names) if ds.column_names is not None else list(ds.features or [])
+
+
+def map_parts(ds: Any, function) -> Any:
+    """`function` applied to each split of a `DatasetDict` (or to the dataset itself)."""
+    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        return type(ds)({name: function(part) for name, part in ds.items()})
+    return function(ds)
 
 
 def apply_column_mapping(ds: Any, mapping: Mapping[str, str], drop: tuple[str, ...], source: str) -> Any:
@@ -163,6 +170,4 @@ def add_preset_columns(ds: Any, preset: DatasetPreset) -> Any:
             )
         return part
 
-    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
-        return type(ds)({name: complete(part) for name, part in ds.items()})
-    return complete(ds)
+    return map_parts(ds, complete)
